@@ -1,0 +1,217 @@
+"""The worker pool: claim, run, retry, timeout, cancel, and the lease heartbeat.
+
+Worker threads wait on the store's condition (an in-process submit wakes one
+at once); on a store shared with other processes they also poll it, backing
+off to ``max_poll``. One heartbeat thread renews the leases of the tasks this
+process runs, learns of cancels asked elsewhere, writes quiet tasks' progress,
+and requeues tasks whose worker died (``requeue_expired``) about once a second.
+"""
+
+import asyncio
+import inspect
+import os
+import socket
+import sys
+import threading
+import time
+import uuid
+
+from . import context, serializer
+from .exceptions import CancelExecution, RetryTask, TaskCancelled, TaskTimeout
+from .result import CANCELLED, FAILED, FINISHED, PENDING, RETRYING, SUCCEEDED
+
+MIN_POLL = 0.002
+
+
+class WorkerPool:
+    """``workers`` threads running the queue's tasks, plus one heartbeat thread."""
+
+    def __init__(self, queue, workers):
+        self.queue = queue
+        self.store = queue.store
+        self.lease = queue.lease
+        # Shared by every pool a re-run Queue cell creates, so the new pool's
+        # heartbeat keeps renewing the leases of tasks the old pool still runs.
+        self.worker_id = queue.worker_id
+        self._target = workers
+        self._threads = []
+        self._stopping = threading.Event()
+        self._heartbeat = None
+        self._local_loop = threading.local()
+
+    @property
+    def size(self):
+        return self._target
+
+    def start(self):
+        if self._heartbeat is None:
+            self._heartbeat = threading.Thread(target=self._beat, daemon=True,
+                                               name=f"nbqueue-{self.queue.name}-heartbeat")
+            self._heartbeat.start()
+        self.resize(self._target)
+
+    def resize(self, workers):
+        """Grow or shrink to ``workers`` threads; extra threads exit once idle."""
+        self._target = workers
+        self._threads = [t for t in self._threads if t.is_alive()]
+        for index in range(len(self._threads), workers):
+            t = threading.Thread(target=self._loop, args=(index,), daemon=True,
+                                 name=f"nbqueue-{self.queue.name}-worker-{index}")
+            self._threads.append(t)
+            t.start()
+        if len(self._threads) > workers:
+            self.store.notify_work(len(self._threads))
+
+    def stop(self, wait=True):
+        """Ask every thread to exit once its current task is done; join them if ``wait``."""
+        self._target = 0
+        self._stopping.set()
+        self.store.notify_work(len(self._threads) + 1)
+        if wait:
+            for t in self._threads + [self._heartbeat]:
+                if t is not None and t is not threading.current_thread():
+                    t.join()
+
+    # ---- worker threads ------------------------------------------------
+    def _loop(self, index):
+        store = self.store
+        poll = MIN_POLL
+        while not self._stopping.is_set() and index < self._target:
+            seen = store._work_seq
+            try:
+                rec = store.claim(self.worker_id, self.lease)
+            except Exception:  # a store hiccup (disk full, locked) must not kill the worker
+                self.queue._log("claim failed", sys.exc_info())
+                time.sleep(poll)
+                poll = min(poll * 2, store.max_poll)
+                continue
+            if rec is None:
+                store.wait_for_work(seen, poll if store.shared else None)
+                poll = min(poll * 2, store.max_poll)
+                continue
+            poll = MIN_POLL
+            try:
+                self.run(rec)
+            except BaseException as exc:  # not a task error (those are caught in run): ours
+                self.queue._log(f"worker error running task {rec.id}", sys.exc_info())
+                self._fail_unhandled(rec, exc)
+
+    def run(self, rec):
+        """Run one claimed task to its outcome and write that outcome to the store."""
+        queue = self.queue
+        ctx = context.TaskContext(rec, self.store, queue.output_limit)
+        queue._running[rec.id] = ctx
+        context.install_capture()
+        context.enter(ctx)
+        fields = {}
+        try:
+            func, args, kwargs, retry_on = queue._resolve_call(rec)
+            if rec.has_prev:
+                args = args + (queue._decode_value(rec.prev),)
+            if ctx.cancelled:
+                raise TaskCancelled(f"task {rec.id} was cancelled before it started")
+            value = func(*args, **kwargs)
+            if inspect.isawaitable(value):
+                value = self._run_async(ctx, value, rec.timeout)
+            if ctx.timed_out:  # it ignored the timeout and finished late anyway
+                raise TaskTimeout(f"task {rec.id} ({rec.name}) ran past its timeout of {rec.timeout}s")
+            fields["result"] = serializer.encode_value(value) if self.store.serializes else value
+            status = SUCCEEDED
+        except BaseException as exc:  # noqa: B036 -- user code must never kill the worker
+            retry_on = locals().get("retry_on", ())
+            status = self._classify(ctx, rec, exc, retry_on, fields)
+        finally:
+            context.leave()
+            ctx.end()
+            queue._running.pop(rec.id, None)
+        if status == CANCELLED and "message" not in fields:
+            fields["message"] = "cancelled while running"
+        fields.update(ctx.fields())
+        if not self.store.finish(rec.id, self.worker_id, status, **fields):
+            return  # our lease ran out and the task was requeued: its new run owns it
+        if status in FINISHED:
+            queue._task_finished(rec.id)
+
+    def _fail_unhandled(self, rec, exc):
+        # Don't leave the task running under a lease we keep renewing forever.
+        self.queue._running.pop(rec.id, None)
+        try:
+            if self.store.finish(rec.id, self.worker_id, FAILED,
+                                 error=serializer.describe_exception(exc, self.store.serializes)):
+                self.queue._task_finished(rec.id)
+        except Exception:
+            self.queue._log(f"could not record the failure of task {rec.id}", sys.exc_info())
+
+    def _classify(self, ctx, rec, exc, retry_on, fields):
+        """Decide the outcome of a run that raised ``exc``; fill ``fields``; return the status."""
+        if isinstance(exc, (CancelExecution, TaskCancelled)) or (
+                isinstance(exc, asyncio.CancelledError) and ctx.cancelled):
+            fields["message"] = str(exc) or "cancelled while running"
+            return CANCELLED
+        if isinstance(exc, RetryTask):  # does not use up a retry
+            delay = rec.retry_delay if exc.delay is None else exc.delay
+            fields["message"] = f"RetryTask: {exc}"
+            if delay <= 0:
+                return PENDING
+            fields["eta"] = time.time() + delay
+            return RETRYING
+        if isinstance(exc, TimeoutError) and ctx.timed_out and not isinstance(exc, TaskTimeout):
+            # asyncio.timeout() raises a plain TimeoutError: report it as ours
+            exc = TaskTimeout(f"task {rec.id} ({rec.name}) ran past its timeout of {rec.timeout}s")
+        tb = exc.__traceback__
+        if tb is not None and tb.tb_frame.f_code is WorkerPool.run.__code__:
+            exc = exc.with_traceback(tb.tb_next)  # the user's frames only
+        fields["error"] = serializer.describe_exception(exc, self.store.serializes)
+        if rec.retries_used < rec.retries and isinstance(exc, retry_on):
+            fields["retries_used"] = rec.retries_used + 1
+            fields["eta"] = time.time() + rec.retry_delay * rec.retry_backoff ** rec.retries_used
+            fields["message"] = f"retry {rec.retries_used + 1} of {rec.retries} after {type(exc).__name__}"
+            return RETRYING
+        return FAILED
+
+    def _run_async(self, ctx, awaitable, timeout):
+        """Run a coroutine on this thread's own event loop, with a real asyncio timeout
+        and cancel() reaching it through ``ctx.request_cancel``."""
+        loop = getattr(self._local_loop, "loop", None)
+        if loop is None or loop.is_closed():
+            loop = self._local_loop.loop = asyncio.new_event_loop()
+
+        async def guarded():
+            if timeout is None:
+                return await awaitable
+            left = max(0.0, ctx._deadline - time.monotonic())
+            async with asyncio.timeout(left):
+                return await awaitable
+
+        atask = loop.create_task(guarded())
+        ctx._loop, ctx._atask = loop, atask
+        if ctx.cancelled:
+            atask.cancel()
+        try:
+            return loop.run_until_complete(atask)
+        finally:
+            ctx._loop = ctx._atask = None
+
+    # ---- heartbeat -----------------------------------------------------
+    def _beat(self):
+        period = min(1.0, self.lease / 3)
+        last_renew = time.monotonic()
+        while not self._stopping.wait(period):
+            try:
+                running = {tid: ctx for tid, ctx in list(self.queue._running.items())}
+                if running and time.monotonic() - last_renew >= self.lease / 3 - 0.01:
+                    last_renew = time.monotonic()
+                    held = self.store.renew(list(running), self.worker_id, self.lease)
+                    for tid, cancel in held.items():
+                        if cancel:
+                            running[tid].request_cancel()
+                for ctx in running.values():
+                    ctx.flush()
+                self.store.requeue_expired(max_recoveries=self.queue.max_recoveries)
+                self.queue._housekeeping()
+            except Exception:
+                self.queue._log("heartbeat error", sys.exc_info())
+
+
+def new_worker_id():
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"

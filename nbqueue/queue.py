@@ -14,7 +14,7 @@ import traceback
 import uuid
 
 from . import serializer
-from .exceptions import NbqueueError, QueueClosed, TaskCancelled, TaskException, TaskNotFound
+from .exceptions import NbqueueError, QueueClosed, TaskException
 from .result import (FINISHED, PENDING, SCHEDULED, STATES, WAITING, Result, ResultGroup,
                      cancelled_error)
 from .scheduler import Scheduler

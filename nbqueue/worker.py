@@ -104,6 +104,7 @@ class WorkerPool:
         context.install_capture()
         context.enter(ctx)
         fields = {}
+        retry_on = ()  # a call that cannot even be loaded is not retried
         try:
             func, args, kwargs, retry_on = queue._resolve_call(rec)
             if rec.has_prev:
@@ -118,14 +119,11 @@ class WorkerPool:
             fields["result"] = serializer.encode_value(value) if self.store.serializes else value
             status = SUCCEEDED
         except BaseException as exc:  # noqa: B036 -- user code must never kill the worker
-            retry_on = locals().get("retry_on", ())
             status = self._classify(ctx, rec, exc, retry_on, fields)
         finally:
             context.leave()
             ctx.end()
             queue._running.pop(rec.id, None)
-        if status == CANCELLED and "message" not in fields:
-            fields["message"] = "cancelled while running"
         fields.update(ctx.fields())
         if not self.store.finish(rec.id, self.worker_id, status, **fields):
             return  # our lease ran out and the task was requeued: its new run owns it
@@ -146,7 +144,8 @@ class WorkerPool:
         """Decide the outcome of a run that raised ``exc``; fill ``fields``; return the status."""
         if isinstance(exc, (CancelExecution, TaskCancelled)) or (
                 isinstance(exc, asyncio.CancelledError) and ctx.cancelled):
-            fields["message"] = str(exc) or "cancelled while running"
+            user_said = isinstance(exc, CancelExecution) and str(exc)
+            fields["message"] = user_said or "cancelled while running"
             return CANCELLED
         if isinstance(exc, RetryTask):  # does not use up a retry
             delay = rec.retry_delay if exc.delay is None else exc.delay

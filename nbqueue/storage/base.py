@@ -219,11 +219,11 @@ class Storage:
         Returns the ids handled."""
         now = time.time() if now is None else now
         handled = []
+        if not any(until < now for _, until in self._leases().values()):
+            return handled  # the common case needs no transaction
         with self._txn():
             leases = self._leases()
             expired = [tid for tid, (_, until) in leases.items() if until < now]
-            if not expired:
-                return handled
             for task_id in expired:
                 del leases[task_id]
                 rec = self._load(task_id)
@@ -283,6 +283,8 @@ class Storage:
         Returns False, changing nothing, if the worker no longer holds the task
         (its lease expired and it was requeued).
         """
+        if status not in TRANSITIONS[RUNNING]:  # refuse before touching anything
+            raise InvalidStateError(f"a run cannot end in {status!r}")
         now = time.time() if now is None else now
         released = 0
         with self._txn():

@@ -152,6 +152,23 @@ class DiskStorage(Storage):
         self.cache.close()
 
 
+def queue_name_of(directory):
+    """The name of the queue whose store is ``directory``. Raises NbqueueError."""
+    path = os.path.abspath(os.path.expanduser(directory))
+    if not os.path.exists(os.path.join(path, "cache.db")):
+        raise NbqueueError(f"{path!r} is not an nbqueue store (no cache.db); "
+                           "give the directory of a queue, like .nbqueue/default")
+    prepare_directory(path)  # ownership and permissions first: reading the marker unpickles
+    try:
+        with diskcache.Cache(path, eviction_policy="none") as cache:
+            meta = cache.get(META)
+    except sqlite3.DatabaseError as err:
+        raise NbqueueError(f"{path!r} does not hold a readable nbqueue store ({err})") from err
+    if not isinstance(meta, dict) or "queue" not in meta:
+        raise NbqueueError(f"{path!r} is not an nbqueue store (no nbqueue marker)")
+    return meta["queue"]
+
+
 def _is_diskcache_subdir(directory, name):
     # diskcache keeps values over 32 KiB in two-hex-digit subdirectories
     return len(name) == 2 and os.path.isdir(os.path.join(directory, name))

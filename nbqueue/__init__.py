@@ -10,11 +10,12 @@ from .exceptions import (CancelExecution, InvalidStateError, NbqueueError, Queue
                          WorkerLost)
 from .queue import Queue
 from .result import Progress, Result, ResultGroup
+from .scheduler import PeriodicJob, crontab
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "Queue", "Result", "ResultGroup", "Progress",
+    "Queue", "Result", "ResultGroup", "Progress", "PeriodicJob", "crontab",
     "progress", "current_task", "check_cancelled",
     "NbqueueError", "TaskException", "TaskCancelled", "TaskTimeout", "TaskNotFound",
     "InvalidStateError", "WorkerLost", "QueueClosed", "RetryTask", "CancelExecution",

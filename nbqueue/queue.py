@@ -6,6 +6,7 @@ pool's idle workers exit, old handles and old task functions keep working.
 """
 
 import datetime
+import inspect
 import numbers
 import sys
 import threading
@@ -17,7 +18,7 @@ from . import serializer
 from .exceptions import NbqueueError, QueueClosed, TaskException
 from .result import (FINISHED, PENDING, SCHEDULED, STATES, WAITING, Result, ResultGroup,
                      cancelled_error)
-from .scheduler import Scheduler
+from .scheduler import PeriodicJob, Scheduler, define_job, make_schedule
 from .storage import TaskRecord, open_storage, storage_key
 from .task import (Pipeline, Signature, TaskFunction, expires_at, make_options)
 from .worker import WorkerPool, new_worker_id
@@ -144,7 +145,7 @@ class Queue:
         # Called with _registry_lock held, by the Queue that replaces this one.
         self._successor = successor
         self._closed = True
-        self._scheduler.stop(wait=False)
+        self._scheduler.stop(wait=False, release=False)  # the successor holds the same lock id
         self._pool.stop(wait=False)
 
     def _check_open(self):
@@ -182,6 +183,65 @@ class Queue:
         if isinstance(func, str):
             raise TypeError(f"@q.task({func!r}): give the name as @q.task(name={func!r})")
         return register(func)
+
+    def periodic(self, cron=None, *, every=None, name=None, timezone=None, retries=0,
+                 retry_delay=0.0, retry_backoff=1.0, retry_on=None, timeout=None, priority=0,
+                 overlap=False, catch_up=False):
+        """Run the decorated function (no arguments) on a schedule; returns a PeriodicJob.
+
+        ``cron``: a cron line (croniter syntax; 6 fields put seconds first) or a
+        ``crontab(...)``; or ``every``: a timedelta or seconds. ``timezone``: an
+        IANA name the cron line is read in (default local time). ``overlap``:
+        start a tick while the previous run still runs (default: skip it and
+        count the skip). ``catch_up``: after a pause or a stopped kernel, run
+        once for the missed ticks (default: not at all). Re-defining a job of
+        the same name replaces it. A bad cron line, interval or timezone raises
+        ValueError here, at decoration.
+        """
+        schedule = make_schedule(cron, every, timezone)
+        options = dict(retries=retries, retry_delay=retry_delay, retry_backoff=retry_backoff,
+                       retry_on=retry_on, timeout=timeout, priority=priority, name=name)
+        self.task(**options)  # validates the options now, before any function is given
+
+        def register(fn):
+            try:
+                inspect.signature(fn).bind()
+            except TypeError:
+                raise TypeError(f"periodic job {getattr(fn, '__name__', fn)!r} must take no "
+                                "arguments: each run is called with none") from None
+            except ValueError:
+                pass  # no signature to read (a builtin): let it run
+            task = self.task(fn, **options)
+            return define_job(self._live_queue(), task, schedule, bool(overlap), bool(catch_up))
+
+        if callable(cron) and not isinstance(cron, str) and every is None and not hasattr(cron, "line"):
+            raise TypeError("@q.periodic needs a schedule: @q.periodic('*/15 * * * *') or "
+                            "@q.periodic(every=timedelta(seconds=30))")
+        return register
+
+    def periodic_task(self, validate_datetime, **options):
+        """Huey's spelling: ``@q.periodic_task(crontab(minute="*/15"))``."""
+        return self.periodic(validate_datetime, **options)
+
+    def periodic_jobs(self):
+        """Handles of every periodic job in the store, by name."""
+        return [PeriodicJob(self, name, self._tasks.get(name))
+                for name in sorted(self.store.jobs())]
+
+    def _job_payload(self, task):
+        call = (task.func, (), {}, task.options.retry_on)
+        return serializer.encode_call(task.name, *call) if self.store.serializes else call
+
+    def _job_run_record(self, job, due):
+        """A pending run of periodic ``job`` for its tick ``due``."""
+        task_id = uuid.uuid4().hex
+        live = self._tasks.get(job.name)
+        if self.store.serializes and live is not None:
+            self._local_calls[task_id] = (live.func, (), {}, live.options.retry_on)
+        return TaskRecord(id=task_id, name=job.name, status=PENDING, priority=job.priority,
+                          created_at=time.time(), eta=due, retries=job.retries,
+                          retry_delay=job.retry_delay, retry_backoff=job.retry_backoff,
+                          timeout=job.timeout, payload=job.payload)
 
     def enqueue(self, job):
         """Enqueue a Signature (returns its Result) or a Pipeline (returns a ResultGroup

@@ -2,9 +2,9 @@
 
 import os
 
-from .base import Storage, TaskRecord
+from .base import JobRecord, Storage, TaskRecord
 
-__all__ = ["Storage", "TaskRecord", "open_storage"]
+__all__ = ["JobRecord", "Storage", "TaskRecord", "open_storage"]
 
 
 def open_storage(storage, queue_name):

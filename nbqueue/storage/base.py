@@ -74,6 +74,31 @@ class TaskRecord:
         return dataclasses.replace(self)
 
 
+@dataclasses.dataclass(slots=True)
+class JobRecord:
+    """A periodic job: its schedule, the call each run makes, and its counters."""
+
+    name: str
+    schedule: str                        # cron line, or "every 30s"
+    every: Optional[float] = None        # seconds, for interval jobs
+    timezone: Optional[str] = None       # IANA name; None: local time
+    overlap: bool = False
+    catch_up: bool = False
+    paused: bool = False
+    next_run: Optional[float] = None
+    last_run_id: Optional[str] = None
+    runs: int = 0
+    skipped: int = 0                     # ticks skipped: the previous run was still going
+    missed: int = 0                      # ticks no scheduler was there for (not caught up)
+    retries: int = 0
+    retry_delay: float = 0.0
+    retry_backoff: float = 1.0
+    timeout: Optional[float] = None
+    priority: int = 0
+    payload: Any = None
+    created_at: float = 0.0
+
+
 class Storage:
     """The task logic of every backend, written once on a few primitives.
 
@@ -132,6 +157,18 @@ class Storage:
         raise NotImplementedError
 
     def _ids(self):  # every task id
+        raise NotImplementedError
+
+    def _jobs(self):  # -> {name: JobRecord}; write back with _put_jobs
+        raise NotImplementedError
+
+    def _put_jobs(self, jobs):
+        raise NotImplementedError
+
+    def _lock_state(self):  # -> (holder, until) of the scheduler lock, or None
+        raise NotImplementedError
+
+    def _put_lock_state(self, state):
         raise NotImplementedError
 
     def get(self, task_id) -> Optional[TaskRecord]:
@@ -380,6 +417,101 @@ class Storage:
 
     def close(self):
         pass
+
+    # ---- periodic jobs and the scheduler lock ---------------------------
+    def jobs(self):
+        """{name: JobRecord} of every periodic job in the store (a snapshot)."""
+        return dict(self._jobs())
+
+    def get_job(self, name) -> Optional[JobRecord]:
+        return self._jobs().get(name)
+
+    def put_job(self, job):
+        """Define a job, replacing one of the same name (a re-run cell) atomically.
+
+        The old job's counters, last run and paused state are kept; so is its
+        next run when the schedule is unchanged. Returns the stored JobRecord.
+        """
+        with self._txn():
+            jobs = self._jobs()
+            old = jobs.get(job.name)
+            if old is not None:
+                job.runs, job.skipped, job.missed = old.runs, old.skipped, old.missed
+                job.last_run_id, job.paused, job.created_at = old.last_run_id, old.paused, old.created_at
+                if (old.schedule, old.every, old.timezone) == (job.schedule, job.every, job.timezone) \
+                        and old.next_run is not None:
+                    job.next_run = old.next_run
+            jobs[job.name] = job
+            self._put_jobs(jobs)
+        self.notify_eta()
+        return job
+
+    def update_job(self, name, **fields) -> Optional[JobRecord]:
+        """Set fields of a job (pause, resume, next_run); returns it, or None if gone."""
+        with self._txn():
+            jobs = self._jobs()
+            job = jobs.get(name)
+            if job is None:
+                return None
+            for key, value in fields.items():
+                setattr(job, key, value)
+            self._put_jobs(jobs)
+        self.notify_eta()
+        return job
+
+    def remove_job(self, name) -> bool:
+        """Delete a job (its past runs stay). Returns False if there was none."""
+        with self._txn():
+            jobs = self._jobs()
+            if jobs.pop(name, None) is None:
+                return False
+            self._put_jobs(jobs)
+        self.notify_eta()
+        return True
+
+    def fire_job(self, name, due, next_run, run=None, **increments) -> bool:
+        """Handle the tick ``due`` of a job exactly once, atomically: add the ``run``
+        record (if any), move ``next_run`` on and add ``increments`` to counters.
+
+        Returns False, changing nothing, if the job's next run is no longer
+        ``due`` (another scheduler handled it). ``due=None`` adds a run now
+        (``run_now``) without touching the schedule.
+        """
+        with self._txn():
+            jobs = self._jobs()
+            job = jobs.get(name)
+            if job is None or (due is not None and job.next_run != due):
+                return False
+            if due is not None:
+                job.next_run = next_run
+            for key, n in increments.items():
+                setattr(job, key, getattr(job, key) + n)
+            if run is not None:
+                check_new(run)
+                self._save(run)
+                self._push(run)
+                job.last_run_id = run.id
+            self._put_jobs(jobs)
+        if run is not None:
+            self.notify_work()
+        return True
+
+    def hold_lock(self, holder, ttl, now=None) -> bool:
+        """Take or renew the store's scheduler lock for ``ttl`` seconds. True if
+        ``holder`` has it: the lock was free, expired, or already its own."""
+        now = time.time() if now is None else now
+        with self._txn():
+            state = self._lock_state()
+            if state is not None and state[0] != holder and state[1] > now:
+                return False
+            self._put_lock_state((holder, now + ttl))
+        return True
+
+    def release_lock(self, holder):
+        with self._txn():
+            state = self._lock_state()
+            if state is not None and state[0] == holder:
+                self._put_lock_state(None)
 
     # ---- helpers -------------------------------------------------------
     def _end(self, rec, status, now, **fields):

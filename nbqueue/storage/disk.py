@@ -7,6 +7,8 @@ Layout (one queue per directory):
 - ``q<priority>-<n>``: a diskcache push/pull FIFO of pending ids per priority;
   ``nbqueue:priorities`` lists the priorities in use, highest first.
 - ``nbqueue:etas`` / ``nbqueue:leases``: small maps of waiting and running tasks.
+- ``nbqueue:jobs``: the periodic jobs; ``nbqueue:scheduler-lock``: which process
+  fires them (one scheduler per store).
 
 Every change runs in ``Cache.transact()`` (SQLite ``BEGIN IMMEDIATE``), atomic
 across processes, behind a thread lock so threads of one process queue on a
@@ -29,6 +31,8 @@ META = "nbqueue:meta"
 PRIORITIES = "nbqueue:priorities"
 ETAS = "nbqueue:etas"
 LEASES = "nbqueue:leases"
+JOBS = "nbqueue:jobs"
+SCHEDULER_LOCK = "nbqueue:scheduler-lock"
 
 
 def prepare_directory(path):
@@ -147,6 +151,18 @@ class DiskStorage(Storage):
     def _ids(self):
         return [key[2:] for key in self.cache.iterkeys()
                 if isinstance(key, str) and key.startswith("t:")]
+
+    def _jobs(self):
+        return self.cache.get(JOBS, {})
+
+    def _put_jobs(self, jobs):
+        self.cache.set(JOBS, jobs)
+
+    def _lock_state(self):
+        return self.cache.get(SCHEDULER_LOCK)
+
+    def _put_lock_state(self, state):
+        self.cache.set(SCHEDULER_LOCK, state)
 
     def close(self):
         self.cache.close()

@@ -20,6 +20,8 @@ class MemoryStorage(Storage):
         self._seq = itertools.count()
         self._eta_map = {}
         self._lease_map = {}
+        self._job_map = {}
+        self._lock_holder = None
 
     def __repr__(self):
         return "MemoryStorage()"
@@ -60,3 +62,15 @@ class MemoryStorage(Storage):
 
     def _ids(self):
         return list(self._records)
+
+    def _jobs(self):
+        return self._job_map
+
+    def _put_jobs(self, jobs):
+        self._job_map = jobs
+
+    def _lock_state(self):
+        return self._lock_holder
+
+    def _put_lock_state(self, state):
+        self._lock_holder = state

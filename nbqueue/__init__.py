@@ -14,6 +14,20 @@ from .scheduler import PeriodicJob, crontab
 
 __version__ = "0.1.0"
 
+
+def load_ipython_extension(ipython):
+    """``%load_ext nbqueue``: the ``%%background`` and ``%nbqueue`` magics."""
+    from .magics import load_ipython_extension as load
+    load(ipython)
+
+
+def __getattr__(name):
+    # nbqueue.tqdm loads tqdm only when asked for: ``import nbqueue`` stays light.
+    if name == "tqdm":
+        from .progressbar import tqdm
+        return tqdm
+    raise AttributeError(f"module 'nbqueue' has no attribute {name!r}")
+
 __all__ = [
     "Queue", "Result", "ResultGroup", "Progress", "PeriodicJob", "crontab",
     "progress", "current_task", "check_cancelled",

@@ -195,6 +195,43 @@ def install_capture():
         sys.stderr = _StreamProxy(sys.stderr)
 
 
+# ---- routing rich output to the submitting cell -------------------------------
+def submit_parent():
+    """The submitting cell's parent message, when ipykernel (>= 7.4) can route a
+    thread's output to it (``set_thread_parent``); else None. Cheap outside a kernel."""
+    if "ipykernel" not in sys.modules:
+        return None
+    ipython = sys.modules.get("IPython")
+    shell = ipython.get_ipython() if ipython is not None else None
+    if shell is None or not hasattr(shell, "set_thread_parent") or not hasattr(shell, "get_parent"):
+        return None  # older ipykernel: display() from a task lands in the running cell
+    try:
+        return shell, shell.get_parent()
+    except Exception:
+        return None
+
+
+def route_to(parent):
+    """Make this thread's display() calls go to ``parent``'s cell; returns what
+    ``unroute`` needs. Pool threads are reused: always ``unroute`` after the task."""
+    if parent is None:
+        return None
+    shell, header = parent
+    try:
+        return shell, shell.set_thread_parent(header)
+    except Exception:
+        return None
+
+
+def unroute(tokens):
+    if tokens is not None:
+        shell, tok = tokens
+        try:
+            shell.reset_thread_parent(tok)
+        except Exception:
+            pass
+
+
 def enter(ctx):
     _local.ctx = ctx
 

@@ -14,7 +14,7 @@ import time
 import traceback
 import uuid
 
-from . import serializer
+from . import context, serializer
 from .exceptions import NbqueueError, QueueClosed, TaskException
 from .result import (FINISHED, PENDING, SCHEDULED, STATES, WAITING, Result, ResultGroup,
                      cancelled_error)
@@ -75,6 +75,7 @@ class Queue:
                 self._local_calls = old._local_calls
                 self._callbacks = old._callbacks
                 self._running = old._running
+                self._parents = old._parents
                 old._hand_over(self)
             else:
                 self.store = open_storage(storage, name)
@@ -83,6 +84,7 @@ class Queue:
                 self._local_calls = {}   # task id -> live (func, args, kwargs, retry_on)
                 self._callbacks = {}     # task id -> [fn]
                 self._running = {}       # task id -> TaskContext, for tasks this process runs
+                self._parents = {}       # task id -> submitting cell, to route display() there
             self._key = key
             _live[key] = self
             global _latest
@@ -228,6 +230,11 @@ class Queue:
         return [PeriodicJob(self, name, self._tasks.get(name))
                 for name in sorted(self.store.jobs())]
 
+    def dashboard(self):
+        """A live table of this queue's tasks and jobs (text outside a kernel)."""
+        from .widgets import Dashboard
+        return Dashboard(self)
+
     def _job_payload(self, task):
         call = (task.func, (), {}, task.options.retry_on)
         return serializer.encode_call(task.name, *call) if self.store.serializes else call
@@ -287,6 +294,9 @@ class Queue:
             self._local_calls[task_id] = call                  # in-process workers use live objects
         else:
             payload = call
+        parent = context.submit_parent()
+        if parent is not None:
+            self._parents[task_id] = parent
         if status is None:
             status = SCHEDULED if eta is not None and eta > now else PENDING
         return TaskRecord(

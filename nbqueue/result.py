@@ -215,6 +215,10 @@ class Result:
     def _repr_pretty_(self, p, cycle):
         p.text(repr(self))
 
+    def _repr_mimebundle_(self, include=None, exclude=None):
+        from .widgets import mimebundle
+        return mimebundle(self, repr(self))
+
 
 class ResultGroup:
     """Results of ``task.map(...)`` or a pipeline; ``get()`` returns their values in order."""
@@ -278,6 +282,10 @@ class ResultGroup:
 
     def _repr_pretty_(self, p, cycle):
         p.text(repr(self))
+
+    def _repr_mimebundle_(self, include=None, exclude=None):
+        from .widgets import mimebundle
+        return mimebundle(self, repr(self))
 
 
 def cancelled_error(rec):

@@ -271,6 +271,10 @@ class PeriodicJob:
     def _repr_pretty_(self, p, cycle):
         p.text(repr(self))
 
+    def _repr_mimebundle_(self, include=None, exclude=None):
+        from .widgets import mimebundle
+        return mimebundle(self, repr(self))
+
 
 def define_job(queue, task, schedule, overlap, catch_up):
     """Store (or replace) the job that runs ``task`` on ``schedule``; returns its handle."""

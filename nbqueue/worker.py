@@ -101,6 +101,7 @@ class WorkerPool:
         queue = self.queue
         ctx = context.TaskContext(rec, self.store, queue.output_limit)
         queue._running[rec.id] = ctx
+        routed = context.route_to(queue._parents.pop(rec.id, None))
         context.install_capture()
         context.enter(ctx)
         fields = {}
@@ -122,6 +123,7 @@ class WorkerPool:
             status = self._classify(ctx, rec, exc, retry_on, fields)
         finally:
             context.leave()
+            context.unroute(routed)
             ctx.end()
             queue._running.pop(rec.id, None)
         fields.update(ctx.fields())

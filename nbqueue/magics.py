@@ -1,0 +1,229 @@
+"""IPython magics: ``%%background`` runs a cell in a worker; ``%nbqueue`` looks after a queue.
+
+Load with ``%load_ext nbqueue``. Argument errors raise ``UsageError`` (one
+line, no traceback); the magics never take the kernel down.
+"""
+
+import ast
+import inspect
+import linecache
+import threading
+
+from IPython.core.error import UsageError
+from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
+from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
+from IPython.display import display
+
+from .exceptions import TaskNotFound
+from .queue import Queue, latest_queue
+from .result import FINISHED
+from .task import TaskFunction, make_options
+
+_background = None
+_background_lock = threading.Lock()
+_cell_counter = iter(range(1, 1 << 62))
+
+
+def background_queue():
+    """The kernel's default in-memory queue for ``%%background`` (created once)."""
+    global _background
+    with _background_lock:
+        if _background is None or (_background._closed and _background._successor is None):
+            _background = Queue("background", storage="memory")
+        return _background._live_queue()
+
+
+def run_cell(code, filename):
+    """Run a ``%%background`` cell in the kernel's namespace; returns its last expression.
+
+    Module-level (not a closure over the shell) so that its payload pickles;
+    it needs the kernel it was submitted from, so it only runs in-kernel.
+    """
+    from IPython import get_ipython
+    shell = get_ipython()
+    if shell is None:
+        raise RuntimeError("a %%background cell runs in the kernel's namespace; run it on an "
+                           "in-kernel queue, not in a sidecar or another process")
+    ns = shell.user_ns
+    linecache.cache[filename] = (len(code), None, code.splitlines(True), filename)
+    flags = ast.PyCF_ALLOW_TOP_LEVEL_AWAIT
+    tree = ast.parse(code, filename)
+    last = None
+    if tree.body and isinstance(tree.body[-1], ast.Expr):
+        last = compile(ast.Expression(tree.body.pop().value), filename, "eval", flags=flags)
+    body = compile(tree, filename, "exec", flags=flags)
+    if inspect.CO_COROUTINE & (body.co_flags | (last.co_flags if last else 0)):
+        async def run_async():  # top-level await: the worker runs this on its event loop
+            done = eval(body, ns)
+            if inspect.isawaitable(done):
+                await done
+            value = eval(last, ns) if last else None
+            return (await value) if inspect.isawaitable(value) else value
+        return run_async()
+    exec(body, ns)
+    return eval(last, ns) if last else None
+
+
+def _queue_from(shell, name):
+    if name is None:
+        try:
+            return latest_queue()._live_queue()
+        except Exception:
+            raise UsageError("no nbqueue Queue yet: create one (q = nbqueue.Queue()) "
+                             "or name one with -q VAR") from None
+    q = shell.user_ns.get(name)
+    if not isinstance(q, Queue):
+        raise UsageError(f"-q {name}: no Queue named {name!r} in the namespace "
+                         f"(got {type(q).__name__}); pass the variable that holds your Queue")
+    return q._live_queue()
+
+
+@magics_class
+class NbqueueMagics(Magics):
+
+    @magic_arguments()
+    @argument("-n", "--name", default="background", help="task name (default: background)")
+    @argument("-q", "--queue", default=None,
+              help="variable holding the Queue to use (default: an in-memory queue of this kernel)")
+    @argument("--retries", type=int, default=0, help="retries on error")
+    @argument("--timeout", type=float, default=None, help="seconds before TaskTimeout")
+    @argument("-o", "--output", default=None, help="variable to store the Result in (always also _bg)")
+    @cell_magic
+    def background(self, line, cell):
+        """Run this cell in a worker thread; the notebook stays free.
+
+        The cell runs against the notebook's namespace (names it assigns appear
+        there), its last expression is the task's result, and the Result is
+        stored in ``_bg`` (and in the ``-o`` variable) and shown as a live
+        widget under the cell. Its prints go to that widget's log.
+        """
+        args = parse_argstring(self.background, line)
+        if args.retries < 0:
+            raise UsageError(f"--retries {args.retries}: give a whole number >= 0")
+        if args.timeout is not None and args.timeout <= 0:
+            raise UsageError(f"--timeout {args.timeout}: give a number of seconds > 0")
+        if args.output is not None and not args.output.isidentifier():
+            raise UsageError(f"-o {args.output}: give a variable name, like -o result")
+        if not cell.strip():
+            raise UsageError("%%background needs some code in the cell below it")
+        q = _queue_from(self.shell, args.queue) if args.queue else background_queue()
+        code = self.shell.transform_cell(cell)
+        try:
+            ast.parse(code)
+        except SyntaxError as err:
+            raise UsageError(f"the cell has a syntax error, nothing was started: {err}") from None
+        filename = f"<background cell {next(_cell_counter)}>"
+        task = TaskFunction(q, run_cell, args.name,
+                            make_options(retries=args.retries, timeout=args.timeout))
+        result = task(code, filename)
+        self.shell.user_ns["_bg"] = result
+        if args.output:
+            self.shell.user_ns[args.output] = result
+        display(result)
+
+    @magic_arguments()
+    @argument("-q", "--queue", default=None,
+              help="variable holding the Queue (default: the most recently created one)")
+    @argument("command", nargs="?", default=None,
+              help="list | status | cancel ID | result ID | output ID | wait [ID] | purge | workers N "
+                   "(none: the dashboard)")
+    @argument("args", nargs="*", help="the command's argument")
+    @line_magic
+    def nbqueue(self, line):
+        """Look after a queue: the dashboard, or a command.
+
+        %nbqueue                  live dashboard
+        %nbqueue list             the newest tasks, one line each
+        %nbqueue status           counts by state, workers, periodic jobs
+        %nbqueue cancel ID        cancel a task (an id prefix is enough)
+        %nbqueue result ID        the task's value (raises what get() raises)
+        %nbqueue output ID        the task's captured stdout/stderr
+        %nbqueue wait [ID]        wait for a task, or for every unfinished one
+        %nbqueue purge            delete finished tasks' records
+        %nbqueue workers N        resize the worker pool
+        """
+        try:
+            args = parse_argstring(self.nbqueue, line)
+        except ValueError as err:  # unbalanced quotes and the like
+            raise UsageError(str(err)) from None
+        q = _queue_from(self.shell, args.queue)
+        command, rest = args.command, args.args
+        commands = {
+            None: (0, 0), "list": (0, 0), "status": (0, 0), "cancel": (1, 1), "result": (1, 1),
+            "output": (1, 1), "wait": (0, 1), "purge": (0, 0), "workers": (1, 1),
+        }
+        if command not in commands:
+            raise UsageError(f"unknown command {command!r}; use one of: "
+                             + ", ".join(c for c in commands if c) + " (see %nbqueue?)")
+        low, high = commands[command]
+        if not low <= len(rest) <= high:
+            usage = {"cancel": "ID", "result": "ID", "output": "ID", "wait": "[ID]", "workers": "N"}
+            raise UsageError(f"usage: %nbqueue {command} {usage.get(command, '')}".rstrip())
+        if command is None:
+            return q.dashboard()
+        if command == "list":
+            print(q.dashboard().text(limit=50))
+            return None
+        if command == "status":
+            counts = {}
+            for rec in q.store.list():
+                counts[rec.status] = counts.get(rec.status, 0) + 1
+            print(f"queue {q.name!r} on {q.store!r}: {q.workers} workers; "
+                  + (", ".join(f"{n} {s}" for s, n in counts.items()) or "no tasks"))
+            for job in q.periodic_jobs():
+                print(f"  {job!r}")
+            return None
+        if command == "workers":
+            try:
+                n = int(rest[0])
+                q.workers = n
+            except ValueError:
+                raise UsageError(f"%nbqueue workers {rest[0]}: give a whole number >= 0") from None
+            print(f"queue {q.name!r}: {q.workers} workers")
+            return None
+        if command == "purge":
+            print(f"purged {q.purge()} finished tasks")
+            return None
+        if command == "wait":
+            results = [self._find(q, rest[0])] if rest else [
+                r for r in q.tasks() if r.status not in FINISHED]
+            for r in results:
+                r.wait()
+            print(f"{len(results)} task(s) finished")
+            return None
+        r = self._find(q, rest[0])
+        if command == "cancel":
+            ok = r.cancel()
+            print(f"{r.id}: " + ("cancel asked" if ok else f"already {r.status}"))
+            return None
+        if command == "output":
+            print(r.output, end="")
+            return None
+        # result
+        if not r.done():
+            print(f"{r.id} is {r.status}; %nbqueue wait {r.id[:8]} waits for it")
+            return None
+        return r.get()
+
+    @staticmethod
+    def _find(q, prefix):
+        """The task whose id is ``prefix`` or starts with it (ids are long; 8 characters
+        usually do). Raises UsageError if none or several match."""
+        try:
+            return q.result(prefix)
+        except TaskNotFound:
+            pass
+        matches = [r for r in q.tasks() if r.id.startswith(prefix.lower())]
+        if len(matches) == 1:
+            return matches[0]
+        if not matches:
+            raise UsageError(f"no task {prefix!r} in queue {q.name!r}; %nbqueue list shows the ids")
+        raise UsageError(f"{len(matches)} tasks start with {prefix!r}; give more of the id")
+
+
+def load_ipython_extension(ipython):
+    """``%load_ext nbqueue``."""
+    ipython.register_magics(NbqueueMagics)
+
+
+__all__ = ["NbqueueMagics", "load_ipython_extension", "background_queue"]

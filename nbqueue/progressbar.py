@@ -1,0 +1,39 @@
+"""``nbqueue.tqdm``: a drop-in tqdm that, inside a task, drives the task's progress.
+
+Inside a task it draws nothing (a bar written from a worker thread would land
+in whichever cell runs last); each refresh, at tqdm's own ``mininterval``,
+becomes ``nbqueue.progress(n, total, desc)``, which also makes a cancel or a
+timeout stop the loop. Outside a task it is ``tqdm.auto.tqdm``.
+"""
+
+from tqdm.std import tqdm as _std_tqdm
+
+from .context import current_task
+
+
+class tqdm(_std_tqdm):  # noqa: N801 -- the name users import
+    def __new__(cls, *args, **kwargs):
+        if current_task() is None:
+            from tqdm.auto import tqdm as auto
+            return auto(*args, **kwargs)
+        return super().__new__(cls)
+
+    def __init__(self, *args, **kwargs):
+        self._nbqueue_task = current_task()
+        kwargs["file"] = _Nowhere()  # close() still writes a newline: not into the task's log
+        super().__init__(*args, **kwargs)
+
+    def display(self, msg=None, pos=None):
+        task = self._nbqueue_task
+        if task is None:
+            return super().display(msg, pos)
+        task.progress(self.n, self.total, self.desc or None)
+        return True
+
+
+class _Nowhere:
+    def write(self, text):
+        return len(text)
+
+    def flush(self):
+        pass

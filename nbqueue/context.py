@@ -96,7 +96,7 @@ class TaskContext:
             self.flush(now)
 
     def _compact(self):
-        text = "".join(self._chunks)[-self._limit:]
+        text = "".join(self._chunks)[-self._limit:] if self._limit else ""  # [-0:] is everything
         self._chunks = [text]
         self._size = len(text)
 

@@ -57,6 +57,9 @@ class Queue:
         if isinstance(max_recoveries, bool) or not isinstance(max_recoveries, numbers.Integral) \
                 or max_recoveries < 0:
             raise ValueError(f"max_recoveries={max_recoveries!r}: give a whole number >= 0")
+        if isinstance(output_limit, bool) or not isinstance(output_limit, numbers.Integral) \
+                or output_limit < 0:
+            raise ValueError(f"output_limit={output_limit!r}: give a whole number of characters >= 0")
         self.name = name
         self.lease = float(lease)
         self.max_recoveries = int(max_recoveries)
@@ -91,7 +94,7 @@ class Queue:
             _latest = self
         self._pool = WorkerPool(self, workers)
         self._scheduler = Scheduler(self)
-        self._next_housekeeping = 0.0
+        self._next_housekeeping = self._next_sweep = 0.0
         if start:
             self.start()
 
@@ -308,7 +311,8 @@ class Queue:
             timeout=opts.timeout, payload=payload)
 
     def _resolve_call(self, rec):
-        call = self._local_calls.pop(rec.id, None)
+        # Kept (not popped) until the task finishes, so a retry calls the same live objects.
+        call = self._local_calls.get(rec.id)
         if call is not None:
             return call
         if self.store.serializes:
@@ -389,6 +393,8 @@ class Queue:
         self._call(fn, result)
 
     def _task_finished(self, task_id):
+        self._local_calls.pop(task_id, None)
+        self._parents.pop(task_id, None)
         with self._lock:
             fns = self._callbacks.pop(task_id, ())
         for fn in fns:
@@ -401,8 +407,9 @@ class Queue:
             self._log(f"done callback {fn!r} for task {result.id} raised", sys.exc_info())
 
     def _housekeeping(self, now=None):
-        """Once every few seconds (from the heartbeat): fire callbacks of tasks that
-        finished elsewhere, drop live calls of tasks run elsewhere, purge expired."""
+        """From the heartbeat: every few seconds fire callbacks of tasks that finished
+        elsewhere and purge expired records; every half minute drop the live calls
+        of tasks another process ran (one store read each, so not more often)."""
         now = time.monotonic() if now is None else now
         if now < self._next_housekeeping:
             return
@@ -411,10 +418,13 @@ class Queue:
             rec = self.store.get(task_id)
             if rec is None or rec.status in FINISHED:
                 self._task_finished(task_id)
-        for task_id in list(self._local_calls):
-            rec = self.store.get(task_id)
-            if rec is None or rec.status in FINISHED:
-                self._local_calls.pop(task_id, None)
+        if now >= self._next_sweep:
+            self._next_sweep = now + 30.0
+            for task_id in set(self._local_calls) | set(self._parents):
+                rec = self.store.get(task_id)
+                if rec is None or rec.status in FINISHED:
+                    self._local_calls.pop(task_id, None)
+                    self._parents.pop(task_id, None)
         self.store.purge_expired()
 
     def _log(self, what, exc_info):

@@ -76,32 +76,46 @@ class WorkerPool:
     def _loop(self, index):
         store = self.store
         poll = MIN_POLL
-        while not self._stopping.is_set() and index < self._target:
-            seen = store._work_seq
-            try:
-                rec = store.claim(self.worker_id, self.lease)
-            except Exception:  # a store hiccup (disk full, locked) must not kill the worker
-                self.queue._log("claim failed", sys.exc_info())
-                time.sleep(poll)
-                poll = min(poll * 2, store.max_poll)
-                continue
+        rec = None
+        looked_at = None  # the store's work sequence number before our last look found nothing
+
+        def keep_going():
+            return not self._stopping.is_set() and index < self._target
+
+        while keep_going():
             if rec is None:
-                store.wait_for_work(seen, poll if store.shared else None)
-                poll = min(poll * 2, store.max_poll)
-                continue
+                if looked_at is not None:
+                    store.wait_for_work(looked_at, poll if store.shared else None)
+                    poll = min(poll * 2, store.max_poll)
+                looked_at = store._work_seq
+                try:
+                    rec = store.claim(self.worker_id, self.lease)
+                except Exception:  # a store hiccup (disk full, locked) must not kill the worker
+                    self.queue._log("claim failed", sys.exc_info())
+                    time.sleep(poll)
+                    poll = min(poll * 2, store.max_poll)
+                    looked_at = None
+                    continue
+                if rec is None:
+                    continue
             poll = MIN_POLL
+            looked_at = store._work_seq
             try:
-                self.run(rec)
+                rec = self.run(rec, claim_next=keep_going())
             except BaseException as exc:  # not a task error (those are caught in run): ours
                 self.queue._log(f"worker error running task {rec.id}", sys.exc_info())
                 self._fail_unhandled(rec, exc)
+                rec = None
 
-    def run(self, rec):
-        """Run one claimed task to its outcome and write that outcome to the store."""
+    def run(self, rec, claim_next=False):
+        """Run one claimed task to its outcome and write that outcome to the store.
+
+        With ``claim_next``, the same store transaction claims the next task,
+        which is returned (or None)."""
         queue = self.queue
         ctx = context.TaskContext(rec, self.store, queue.output_limit)
         queue._running[rec.id] = ctx
-        routed = context.route_to(queue._parents.pop(rec.id, None))
+        routed = context.route_to(queue._parents.get(rec.id))
         context.install_capture()
         context.enter(ctx)
         fields = {}
@@ -127,10 +141,12 @@ class WorkerPool:
             ctx.end()
             queue._running.pop(rec.id, None)
         fields.update(ctx.fields())
-        if not self.store.finish(rec.id, self.worker_id, status, **fields):
-            return  # our lease ran out and the task was requeued: its new run owns it
-        if status in FINISHED:
+        # Not finished: our lease ran out and the task was requeued; its new run owns it.
+        finished, nxt = self.store.finish_and_claim(
+            rec.id, self.worker_id, status, self.lease if claim_next else None, **fields)
+        if finished and status in FINISHED:
             queue._task_finished(rec.id)
+        return nxt
 
     def _fail_unhandled(self, rec, exc):
         # Don't leave the task running under a lease we keep renewing forever.

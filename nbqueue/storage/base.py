@@ -18,6 +18,7 @@ Contract (checked by ``tests/test_storage_contract.py`` for every backend):
   ``purge_expired``.
 """
 
+import collections
 import dataclasses
 import threading
 import time
@@ -121,6 +122,7 @@ class Storage:
         self._task_done = threading.Condition(self._lock)
         self._eta_changed = threading.Condition(self._lock)
         self._done_waiters = 0
+        self._waited = collections.Counter()     # task id -> threads waiting for it to finish
         self._work_seq = 0
         self._done_seq = 0
         self._eta_seq = 0
@@ -144,6 +146,9 @@ class Storage:
     def _pop(self):  # -> task id from the highest-priority non-empty FIFO, or None
         raise NotImplementedError
 
+    def _maybe_pending(self):  # -> False only if no task is queued (read outside a txn)
+        return True
+
     def _etas(self):  # -> {task_id: eta}; write back with _put_etas
         raise NotImplementedError
 
@@ -157,6 +162,12 @@ class Storage:
         raise NotImplementedError
 
     def _ids(self):  # every task id
+        raise NotImplementedError
+
+    def _expiries(self):  # -> {task_id: expires_at} of records that have one; write back with _put_expiries
+        raise NotImplementedError
+
+    def _put_expiries(self, expiries):
         raise NotImplementedError
 
     def _jobs(self):  # -> {name: JobRecord}; write back with _put_jobs
@@ -181,10 +192,13 @@ class Storage:
         for their eta (or, with no eta, for the pipeline step before them)."""
         pending = 0
         with self._txn():
-            etas = None
+            etas = expiries = None
             for rec in records:
                 check_new(rec)
                 self._save(rec)
+                if rec.expires_at is not None:
+                    expiries = self._expiries() if expiries is None else expiries
+                    expiries[rec.id] = rec.expires_at
                 if rec.status == PENDING:
                     self._push(rec)
                     pending += 1
@@ -193,6 +207,8 @@ class Storage:
                     etas[rec.id] = rec.eta
             if etas is not None:
                 self._put_etas(etas)
+            if expiries is not None:
+                self._put_expiries(expiries)
         if pending:
             self.notify_work(pending)
         if etas is not None:
@@ -206,32 +222,38 @@ class Storage:
         of run. Returns None when nothing is pending.
         """
         now = time.time() if now is None else now
-        ended = False
+        if not self._maybe_pending():
+            return None  # an idle look needs no write transaction
         with self._txn():
-            while True:
-                task_id = self._pop()
-                if task_id is None:
-                    rec = None
-                    break
-                rec = self._load(task_id)
-                if rec is None or rec.status != PENDING:
-                    continue  # cancelled (or purged) while queued
-                if rec.expires_at is not None and rec.expires_at <= now:
-                    self._end(rec, CANCELLED, now, message="expired before it started")
-                    ended = True
-                    continue
-                rec.move(RUNNING)
-                rec.attempts += 1
-                rec.started_at = now
-                rec.worker = worker
-                self._save(rec)
-                leases = self._leases()
-                leases[task_id] = (worker, now + lease)
+            leases = self._leases()
+            rec, ended = self._claim_locked(worker, lease, now, leases)
+            if rec is not None:
                 self._put_leases(leases)
-                break
         if ended:
             self.notify_done()
         return rec
+
+    def _claim_locked(self, worker, lease, now, leases):
+        # -> (record or None, whether expired tasks were cancelled); adds to ``leases``
+        ended = False
+        while True:
+            task_id = self._pop()
+            if task_id is None:
+                return None, ended
+            rec = self._load(task_id)
+            if rec is None or rec.status != PENDING:
+                continue  # cancelled (or purged) while queued
+            if rec.expires_at is not None and rec.expires_at <= now:
+                self._end(rec, CANCELLED, now, message="expired before it started")
+                ended = True
+                continue
+            rec.move(RUNNING)
+            rec.attempts += 1
+            rec.started_at = now
+            rec.worker = worker
+            self._save(rec)
+            leases[task_id] = (worker, now + lease)
+            return rec, ended
 
     def renew(self, task_ids, worker, lease, now=None):
         """Extend the leases ``worker`` holds on ``task_ids``.
@@ -320,39 +342,56 @@ class Storage:
         Returns False, changing nothing, if the worker no longer holds the task
         (its lease expired and it was requeued).
         """
+        return self.finish_and_claim(task_id, worker, status, None, now, **fields)[0]
+
+    def finish_and_claim(self, task_id, worker, status, lease, now=None, **fields):
+        """``finish`` and then, in the same transaction, ``claim`` the next task for
+        ``worker`` with ``lease`` (None: claim nothing). One transaction instead
+        of two per task is what keeps a busy disk store fast.
+
+        Returns ``(finished, next record or None)``; atomic as a whole.
+        """
         if status not in TRANSITIONS[RUNNING]:  # refuse before touching anything
             raise InvalidStateError(f"a run cannot end in {status!r}")
         now = time.time() if now is None else now
         released = 0
+        finished = False
+        nxt = None
+        ended = False
         with self._txn():
-            rec = self._load(task_id)
-            if rec is None or rec.status != RUNNING or rec.worker != worker:
-                return False
             leases = self._leases()
-            leases.pop(task_id, None)
-            self._put_leases(leases)
-            if status in FINISHED:
-                released = self._end(rec, status, now, **fields)
-            else:
-                for key, value in fields.items():
-                    setattr(rec, key, value)
-                rec.move(status)
-                rec.worker = None
-                self._save(rec)
-                if status == PENDING:
-                    self._push(rec)
-                    released = 1
-                elif status == RETRYING:
-                    etas = self._etas()
-                    etas[task_id] = rec.eta
-                    self._put_etas(etas)
-        if status in FINISHED:
+            rec = self._load(task_id)
+            if rec is not None and rec.status == RUNNING and rec.worker == worker:
+                finished = True
+                leases.pop(task_id, None)
+                if status in FINISHED:
+                    released = self._end(rec, status, now, **fields)
+                else:
+                    for key, value in fields.items():
+                        setattr(rec, key, value)
+                    rec.move(status)
+                    rec.worker = None
+                    self._save(rec)
+                    if status == PENDING:
+                        self._push(rec)
+                        released = 1
+                    elif status == RETRYING:
+                        etas = self._etas()
+                        etas[task_id] = rec.eta
+                        self._put_etas(etas)
+            if lease is not None:
+                nxt, ended = self._claim_locked(worker, lease, now, leases)
+            if finished or nxt is not None:
+                self._put_leases(leases)
+        if ended:
             self.notify_done()
-        elif status == RETRYING:
+        elif finished and status in FINISHED:
+            self.notify_done(None if rec.next_id else task_id)  # a pipeline may end more
+        if finished and status == RETRYING:
             self.notify_eta()
         if released:
             self.notify_work(released)
-        return True
+        return finished, nxt
 
     def update(self, task_id, **fields) -> Optional[TaskRecord]:
         """Set fields (progress, output) of a record; returns the record, or None if gone."""
@@ -387,7 +426,7 @@ class Storage:
                 if etas.pop(task_id, None) is not None:
                     self._put_etas(etas)
             self._end(rec, CANCELLED, now, message=message)
-        self.notify_done()
+        self.notify_done(None if rec.next_id else task_id)
         return True
 
     def list(self, status=None, name=None, limit=None):
@@ -408,11 +447,17 @@ class Storage:
         """Remove finished records (others are left alone). Returns how many were removed."""
         removed = 0
         with self._txn():
+            expiries = None
             for task_id in task_ids:
                 rec = self._load(task_id)
                 if rec is not None and rec.status in FINISHED:
                     self._remove(task_id)
                     removed += 1
+                    if rec.expires_at is not None:
+                        expiries = self._expiries() if expiries is None else expiries
+                        expiries.pop(task_id, None)
+            if expiries is not None:
+                self._put_expiries(expiries)
         return removed
 
     def close(self):
@@ -555,11 +600,26 @@ class Storage:
         return self.delete(doomed)
 
     def purge_expired(self, now=None):
-        """Delete finished records whose ``expires_at`` has passed."""
+        """Delete finished records whose ``expires_at`` has passed. Cheap when none
+        is due: it reads one small index, never the records."""
         now = time.time() if now is None else now
-        doomed = [r.id for r in self.list(status=FINISHED)
-                  if r.expires_at is not None and r.expires_at <= now]
-        return self.delete(doomed) if doomed else 0
+        due = [tid for tid, at in self._expiries().items() if at <= now]
+        if not due:
+            return 0
+        removed = 0
+        with self._txn():
+            expiries = self._expiries()
+            for task_id in due:
+                rec = self._load(task_id)
+                if rec is None:
+                    expiries.pop(task_id, None)
+                elif rec.status in FINISHED:
+                    self._remove(task_id)
+                    expiries.pop(task_id, None)
+                    removed += 1
+                # not finished yet: purged once it is
+            self._put_expiries(expiries)
+        return removed
 
     # Wake-ups use sequence numbers so a notify between a waiter's last look
     # and its wait is never lost: the waiter only sleeps if nothing changed.
@@ -568,10 +628,11 @@ class Storage:
             self._work_seq += 1
             self._work_ready.notify(n)
 
-    def notify_done(self):
+    def notify_done(self, task_id=None):
+        """Wake waiters on ``task_id`` (None: on any task) because it finished."""
         with self._lock:
             self._done_seq += 1
-            if self._done_waiters:
+            if self._done_waiters and (task_id is None or task_id in self._waited):
                 self._task_done.notify_all()
 
     def notify_eta(self):
@@ -618,10 +679,14 @@ class Storage:
                 if self._done_seq != seq:
                     continue
                 self._done_waiters += 1
+                self._waited[task_id] += 1
                 try:
                     self._task_done.wait(wait)
                 finally:
                     self._done_waiters -= 1
+                    self._waited[task_id] -= 1
+                    if not self._waited[task_id]:
+                        del self._waited[task_id]
 
 
 def check_new(rec):

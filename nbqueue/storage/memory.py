@@ -21,6 +21,7 @@ class MemoryStorage(Storage):
         self._eta_map = {}
         self._lease_map = {}
         self._job_map = {}
+        self._expiry_map = {}
         self._lock_holder = None
 
     def __repr__(self):
@@ -48,6 +49,9 @@ class MemoryStorage(Storage):
     def _pop(self):
         return heapq.heappop(self._queue)[2] if self._queue else None
 
+    def _maybe_pending(self):
+        return bool(self._queue)
+
     def _etas(self):
         return self._eta_map
 
@@ -62,6 +66,12 @@ class MemoryStorage(Storage):
 
     def _ids(self):
         return list(self._records)
+
+    def _expiries(self):
+        return self._expiry_map
+
+    def _put_expiries(self, expiries):
+        self._expiry_map = expiries
 
     def _jobs(self):
         return self._job_map

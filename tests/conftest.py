@@ -1,0 +1,139 @@
+"""Shared fixtures for the engine tests.
+
+Queues get a unique name per test: a Queue created again with the same name and
+store in the same process takes over the live one.
+
+Task functions for the disk store must be picklable (the disk store validates
+the whole call at submit time), so a task that needs to coordinate with the
+test cannot close over a ``threading.Event``. Tests use *gates* instead: a
+string key names an Event in the registry below; module-level task functions
+(pickled by reference) look their gates up by key. Every gate is opened before
+the queues of a test are shut down, so a failing test never hangs teardown on a
+task that still waits.
+"""
+
+import collections
+import threading
+import uuid
+
+import pytest
+
+import nbqueue
+
+STORES = ("memory", "disk")
+
+_GATES = collections.defaultdict(threading.Event)
+_GATES_LOCK = threading.Lock()
+
+
+def gate(key):
+    """The Event named ``key`` (created on first use)."""
+    with _GATES_LOCK:
+        return _GATES[key]
+
+
+def new_gate_key(prefix="gate"):
+    key = f"{prefix}-{uuid.uuid4().hex}"
+    gate(key)
+    return key
+
+
+def release_all_gates():
+    with _GATES_LOCK:
+        events = list(_GATES.values())
+        _GATES.clear()
+    for ev in events:
+        ev.set()
+
+
+def unique_name(prefix="q"):
+    return f"{prefix}-{uuid.uuid4().hex[:12]}"
+
+
+def queue_threads(name):
+    """Live threads that belong to queue ``name``."""
+    return [t for t in threading.enumerate() if t.is_alive() and name in t.name]
+
+
+class QueueFactory:
+    """Creates queues on one kind of store and shuts all of them down afterwards."""
+
+    def __init__(self, kind, tmp_path):
+        self.kind = kind
+        self.tmp_path = tmp_path
+        self.created = []
+        self._n = 0
+
+    def storage(self, name):
+        if self.kind == "memory":
+            return "memory"
+        return str(self.tmp_path / f"store-{name}")
+
+    def __call__(self, name=None, storage=None, **kwargs):
+        name = name or unique_name()
+        kwargs.setdefault("workers", 4)
+        q = nbqueue.Queue(name, storage=storage or self.storage(name), **kwargs)
+        self.created.append(q)
+        return q
+
+    def close_all(self):
+        release_all_gates()
+        for q in reversed(self.created):
+            q.shutdown(wait=True, cancel_pending=True)
+
+
+@pytest.fixture
+def gates():
+    """``gates.new()`` -> key; ``gates[key]`` -> Event. All opened at teardown."""
+
+    class Gates:
+        new = staticmethod(new_gate_key)
+
+        def __getitem__(self, key):
+            return gate(key)
+
+    yield Gates()
+    release_all_gates()
+
+
+@pytest.fixture(params=STORES, ids=STORES)
+def store_kind(request):
+    """'memory' or 'disk': the store of ``queue`` and of ``make_queue``'s queues."""
+    return request.param
+
+
+@pytest.fixture
+def make_queue(store_kind, tmp_path):
+    """A factory for more queues (``start=False``, ``workers=1``, ...) on the same kind
+    of store as ``queue``; each gets its own name and directory."""
+    factory = QueueFactory(store_kind, tmp_path)
+    yield factory
+    factory.close_all()
+
+
+@pytest.fixture
+def queue(store_kind, tmp_path):
+    """A started queue with 4 workers, on the memory store and on a diskcache
+    directory (ids ``memory`` / ``disk``)."""
+    name = unique_name()
+    storage = "memory" if store_kind == "memory" else str(tmp_path / "store")
+    q = nbqueue.Queue(name, storage=storage, workers=4)
+    yield q
+    release_all_gates()
+    q.shutdown(wait=True, cancel_pending=True)
+
+
+@pytest.fixture
+def memory_queue():
+    q = nbqueue.Queue(unique_name("mem"), storage="memory", workers=4)
+    yield q
+    release_all_gates()
+    q.shutdown(wait=True, cancel_pending=True)
+
+
+@pytest.fixture
+def disk_queue(tmp_path):
+    q = nbqueue.Queue(unique_name("disk"), storage=str(tmp_path / "store"), workers=4)
+    yield q
+    release_all_gates()
+    q.shutdown(wait=True, cancel_pending=True)

@@ -14,6 +14,7 @@ from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
 from IPython.display import display
 
+from . import queue as queue_module
 from .exceptions import TaskNotFound
 from .queue import Queue, latest_queue
 from .result import FINISHED
@@ -29,7 +30,10 @@ def background_queue():
     global _background
     with _background_lock:
         if _background is None or (_background._closed and _background._successor is None):
+            previous = queue_module._latest
             _background = Queue("background", storage="memory")
+            if previous is not None:  # %nbqueue keeps meaning the user's own latest queue
+                queue_module._latest = previous
         return _background._live_queue()
 
 
@@ -189,6 +193,8 @@ class NbqueueMagics(Magics):
                 r for r in q.tasks() if r.status not in FINISHED]
             for r in results:
                 r.wait()
+            from .widgets import settle
+            settle()  # the displays above show the end state when this cell ends
             print(f"{len(results)} task(s) finished")
             return None
         r = self._find(q, rest[0])

@@ -8,11 +8,11 @@ pool's idle workers exit, old handles and old task functions keep working.
 import datetime
 import inspect
 import numbers
+import os
 import sys
 import threading
 import time
 import traceback
-import uuid
 
 from . import context, serializer
 from .exceptions import NbqueueError, QueueClosed, TaskException
@@ -26,6 +26,11 @@ from .worker import WorkerPool, new_worker_id
 _registry_lock = threading.Lock()
 _live = {}        # storage key -> the live Queue on that store
 _latest = None    # the most recently created Queue
+
+
+def new_task_id():
+    """32 random hex digits (what uuid4().hex gives, at a fifth of the cost)."""
+    return os.urandom(16).hex()
 
 
 def latest_queue():
@@ -244,7 +249,7 @@ class Queue:
 
     def _job_run_record(self, job, due):
         """A pending run of periodic ``job`` for its tick ``due``."""
-        task_id = uuid.uuid4().hex
+        task_id = new_task_id()
         live = self._tasks.get(job.name)
         if self.store.serializes and live is not None:
             self._local_calls[task_id] = (live.func, (), {}, live.options.retry_on)
@@ -290,7 +295,7 @@ class Queue:
     def _record(self, task, args, kwargs, eta=None, priority=None, expires=None, status=None):
         opts = task.options
         now = time.time()
-        task_id = uuid.uuid4().hex
+        task_id = new_task_id()
         call = (task.func, args, kwargs, opts.retry_on)
         if self.store.serializes:
             payload = serializer.encode_call(task.name, *call)  # TypeError names the bad argument

@@ -411,6 +411,8 @@ class Updater:
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._thread = None
+        self._passes = 0
+        self._passed = threading.Condition(self._lock)
 
     def view(self, key, build):
         with self._lock:
@@ -436,6 +438,17 @@ class Updater:
         """Refresh soon (after a button click)."""
         self._wake.set()
 
+    def settle(self, timeout=2.0):
+        """Refresh every live view now and wait until that pass is done, so the displays
+        show the current state when the calling cell ends. Returns False on timeout."""
+        with self._lock:
+            if not self._views or self._thread is None or not self._thread.is_alive():
+                return True
+            target = self._passes + 2  # the pass running now may have read old state
+        self._wake.set()
+        with self._lock:
+            return self._passed.wait_for(lambda: self._passes >= target or not self._views, timeout)
+
     def _loop(self):
         while True:
             with self._lock:
@@ -455,6 +468,9 @@ class Updater:
                     with self._lock:
                         if view in self._views:
                             self._views.remove(view)
+            with self._lock:
+                self._passes += 1
+                self._passed.notify_all()
             spent = time.monotonic() - started
             self._wake.wait(max(0.0, self.interval - spent))
             self._wake.clear()
@@ -462,6 +478,11 @@ class Updater:
 
 _updater = None
 _updater_lock = threading.Lock()
+
+
+def settle(timeout=2.0):
+    """Bring every live widget up to date before returning (see ``Updater.settle``)."""
+    return _updater.settle(timeout) if _updater is not None else True
 
 
 def updater():

@@ -122,6 +122,7 @@ class Storage:
         self._task_done = threading.Condition(self._lock)
         self._eta_changed = threading.Condition(self._lock)
         self._done_waiters = 0
+        self._work_waiters = 0
         self._waited = collections.Counter()     # task id -> threads waiting for it to finish
         self._work_seq = 0
         self._done_seq = 0
@@ -626,7 +627,8 @@ class Storage:
     def notify_work(self, n=1):
         with self._lock:
             self._work_seq += 1
-            self._work_ready.notify(n)
+            if self._work_waiters:  # Condition.notify costs a few us even with nobody waiting
+                self._work_ready.notify(n)
 
     def notify_done(self, task_id=None):
         """Wake waiters on ``task_id`` (None: on any task) because it finished."""
@@ -654,7 +656,11 @@ class Storage:
         """
         with self._lock:
             if self._work_seq == seen_seq:
-                self._work_ready.wait(timeout)
+                self._work_waiters += 1
+                try:
+                    self._work_ready.wait(timeout)
+                finally:
+                    self._work_waiters -= 1
 
     def wait_done(self, task_id, timeout=None) -> bool:
         """Block until the task has finished; False on timeout. Raises TaskNotFound."""

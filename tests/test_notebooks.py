@@ -1,0 +1,248 @@
+"""The notebooks in notebooks/, executed in a real Jupyter kernel with nbclient, and the
+widget updater's message rate measured on a real kernel's iopub channel.
+
+nbclient saves the widget state (``store_widget_state=True``) the frontend would
+hold at the end; the assertions read the task widgets from it.
+"""
+
+import json
+import os
+import pathlib
+import shutil
+import sys
+import textwrap
+
+import pytest
+
+nbformat = pytest.importorskip("nbformat")
+nbclient = pytest.importorskip("nbclient")
+
+NOTEBOOKS = pathlib.Path(__file__).resolve().parent.parent / "notebooks"
+WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
+WIDGET_STATE = "application/vnd.jupyter.widget-state+json"
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="session")
+def kernel_name(tmp_path_factory):
+    """A kernelspec for this interpreter (the one that has nbqueue installed), found
+    through JUPYTER_PATH so nothing is installed outside the test's temp dir."""
+    root = tmp_path_factory.mktemp("jupyter")
+    spec_dir = root / "kernels" / "nbqueue-test"
+    spec_dir.mkdir(parents=True)
+    (spec_dir / "kernel.json").write_text(json.dumps({
+        "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+        "display_name": "nbqueue test", "language": "python"}))
+    saved = os.environ.get("JUPYTER_PATH")
+    os.environ["JUPYTER_PATH"] = os.pathsep.join(filter(None, [str(root), saved]))
+    yield "nbqueue-test"
+    if saved is None:
+        os.environ.pop("JUPYTER_PATH", None)
+    else:
+        os.environ["JUPYTER_PATH"] = saved
+
+
+def execute(name, tmp_path, kernel_name):
+    """Run notebooks/<name> in a fresh kernel whose working directory is ``tmp_path``."""
+    shutil.copy(NOTEBOOKS / name, tmp_path / name)
+    nb = nbformat.read(tmp_path / name, as_version=4)
+    client = nbclient.NotebookClient(nb, timeout=120, kernel_name=kernel_name,
+                                     resources={"metadata": {"path": str(tmp_path)}},
+                                     store_widget_state=True)
+    client.execute()
+    nbformat.write(nb, tmp_path / f"executed-{name}")  # left for a person to look at
+    return nb
+
+
+class Widgets:
+    """The saved widget state of an executed notebook, navigable from a view's model id."""
+
+    def __init__(self, nb):
+        self.state = nb.metadata["widgets"][WIDGET_STATE]["state"]
+
+    def tree(self, model_id):
+        """Every model under ``model_id`` (itself included), depth first."""
+        model = self.state[model_id]
+        found = [model]
+        for child in model["state"].get("children") or []:
+            found += self.tree(child.removeprefix("IPY_MODEL_"))
+        return found
+
+    def of(self, tree, name):
+        return [m["state"] for m in tree if m["model_name"] == name]
+
+    def html(self, tree):
+        return " ".join(s.get("value", "") for s in self.of(tree, "HTMLModel"))
+
+    def log(self, tree):
+        return "".join(o.get("text", "") for s in self.of(tree, "OutputModel") for o in s["outputs"])
+
+
+def cell(nb, cell_id):
+    return next(c for c in nb.cells if c.get("id") == cell_id)
+
+
+def view_id(c):
+    views = [o["data"][WIDGET_VIEW]["model_id"] for o in c.outputs if WIDGET_VIEW in o.get("data", {})]
+    assert len(views) == 1, f"cell {c.id} should show one widget, it shows {len(views)}: {c.outputs}"
+    return views[0]
+
+
+def text_of(c):
+    parts = []
+    for o in c.outputs:
+        if o.output_type == "stream":
+            parts.append(o.text)
+        elif o.output_type in ("display_data", "execute_result"):
+            parts.append(o["data"].get("text/plain", ""))
+        elif o.output_type == "error":
+            parts.append(f"{o.ename}: {o.evalue}")
+    return "".join(parts)
+
+
+@pytest.fixture(scope="module")
+def quickstart(tmp_path_factory, kernel_name):
+    return execute("quickstart.ipynb", tmp_path_factory.mktemp("quickstart"), kernel_name)
+
+
+def test_quickstart_runs_without_errors(quickstart):
+    errors = [(c.id, o.ename, o.evalue) for c in quickstart.cells if c.cell_type == "code"
+              for o in c.outputs if o.output_type == "error"]
+    assert errors == []
+
+
+def test_task_widget_under_submitting_cell_holds_final_state(quickstart):
+    w = Widgets(quickstart)
+    tree = w.tree(view_id(cell(quickstart, "submit")))
+    [bar] = w.of(tree, "FloatProgressModel")
+    assert (bar["value"], bar["max"], bar["bar_style"]) == (100.0, 100.0, "success")
+    html = w.html(tree)
+    assert "crunch" in html and "nbqueue-succeeded" in html
+    assert "100/100" in html and "step 100 of 100" in html
+    assert [s["description"] for s in w.of(tree, "ButtonModel")] == ["Cancel"]
+
+
+def test_task_prints_stay_in_its_widget_log(quickstart):
+    w = Widgets(quickstart)
+    log = w.log(w.tree(view_id(cell(quickstart, "submit"))))
+    assert "crunch: step 0\n" in log and "crunch: step 80\n" in log
+    # crunch printed while the cells after it ran; none of it may land there
+    for c in quickstart.cells:
+        if c.cell_type == "code":
+            assert "crunch: step" not in text_of(c), f"a task's print leaked into cell {c.id}"
+    assert text_of(cell(quickstart, "meanwhile")) == "this cell ran while crunch was working\n"
+
+
+def test_failed_task_widget_shows_error_and_traceback(quickstart):
+    w = Widgets(quickstart)
+    tree = w.tree(view_id(cell(quickstart, "failing")))
+    html = w.html(tree)
+    assert "nbqueue-failed" in html
+    assert "ValueError" in html and "bad input: expected a positive number" in html
+    assert "Traceback" in html
+    assert w.of(tree, "FloatProgressModel")[0]["bar_style"] == "danger"
+    assert "about to fail" in w.log(tree)
+
+
+def test_retry_and_cancel_widgets_end_in_their_states(quickstart):
+    w = Widgets(quickstart)
+    retried = w.html(w.tree(view_id(cell(quickstart, "retry"))))
+    assert "nbqueue-succeeded" in retried and "attempt 3" in retried.replace("attempts 3", "attempt 3")
+    cancelled = w.tree(view_id(cell(quickstart, "cancel")))
+    assert "nbqueue-cancelled" in w.html(cancelled)
+    assert "slow: cancelled" in text_of(cell(quickstart, "by-id"))
+
+
+def test_group_widget_counts_every_task(quickstart):
+    w = Widgets(quickstart)
+    tree = w.tree(view_id(cell(quickstart, "group")))
+    [bar] = w.of(tree, "FloatProgressModel")
+    assert (bar["value"], bar["max"]) == (3.0, 3.0)
+    assert "3/3" in w.html(tree) or "3 of 3" in w.html(tree)
+
+
+def test_background_cell_shows_widget_and_result_is_readable_later(quickstart):
+    w = Widgets(quickstart)
+    tree = w.tree(view_id(cell(quickstart, "background")))
+    assert "summing" in w.html(tree) and "nbqueue-succeeded" in w.html(tree)
+    assert "summing in the background" in w.log(tree)
+    assert "summing in the background" not in text_of(cell(quickstart, "background"))
+    assert text_of(cell(quickstart, "bg-result")) == \
+        "background result: 333283335000 answer = 333283335000\n"
+
+
+def test_results_by_id_and_dashboard(quickstart):
+    out = text_of(cell(quickstart, "by-id"))
+    assert "succeeded 328350" in out
+    assert "flaky: third time lucky after 3 attempts" in out
+    assert "boom failed with ValueError - bad input" in out
+    w = Widgets(quickstart)
+    dashboard = w.html(w.tree(view_id(cell(quickstart, "dashboard"))))
+    for name in ("crunch", "flaky", "boom", "forever"):
+        assert name in dashboard
+
+
+def test_periodic_notebook(tmp_path, kernel_name):
+    nb = execute("periodic.ipynb", tmp_path, kernel_name)
+    errors = [(c.id, o.evalue) for c in nb.cells if c.cell_type == "code"
+              for o in c.outputs if o.output_type == "error"]
+    assert errors == []
+    assert "['every-second', 'heartbeat']" in text_of(cell(nb, "redefine"))  # replaced, not doubled
+    watch = text_of(cell(nb, "watch"))
+    runs = {line.split()[0]: int(line.split()[2]) for line in watch.splitlines()}
+    assert 2 <= runs["heartbeat"] <= 4 and 4 <= runs["every-second"] <= 7, watch
+    w = Widgets(nb)
+    job = w.html(w.tree(view_id(cell(nb, "define"))))
+    assert "heartbeat" in job and "*/2 * * * * *" in job
+    assert "[('heartbeat', True)]" in text_of(cell(nb, "pause"))
+
+
+def test_progress_flood_is_throttled_on_the_wire(kernel_name):
+    """1,000,000 progress() calls reach the frontend as a few updates a second."""
+    from jupyter_client.manager import start_new_kernel
+    km, kc = start_new_kernel(kernel_name=kernel_name)
+    try:
+        def run(code):
+            msgs = []
+            msg_id = kc.execute(textwrap.dedent(code))
+            while True:
+                msg = kc.get_iopub_msg(timeout=120)
+                msgs.append(msg)
+                if (msg["parent_header"].get("msg_id") == msg_id and msg["msg_type"] == "status"
+                        and msg["content"]["execution_state"] == "idle"):
+                    return msgs
+
+        run("""
+            import time, nbqueue
+            from IPython.display import display
+            q = nbqueue.Queue("flood", storage="memory")
+
+            @q.task
+            def flood(n):
+                t0 = time.perf_counter()
+                for i in range(n):
+                    nbqueue.progress(i + 1, n)
+                return time.perf_counter() - t0
+        """)
+        msgs = run("""
+            t0 = time.perf_counter()
+            r = flood.schedule(args=(1_000_000,), delay=0.3)
+            display(r)
+            r.wait(60)
+            time.sleep(0.6)
+            wall = time.perf_counter() - t0
+            print(r.status, r.progress.done, round(wall, 2))
+        """)
+        updates = [m for m in msgs if m["msg_type"] == "comm_msg"
+                   and m["content"]["data"].get("method") == "update"]
+        printed = "".join(m["content"]["text"] for m in msgs if m["msg_type"] == "stream")
+        status, done, wall = printed.split()
+        assert (status, float(done)) == ("succeeded", 1_000_000)
+        # ~6 models change per refresh, at most 4 refreshes a second (plus the final one)
+        budget = 6 * (float(wall) / 0.25 + 2)
+        print(f"\n{len(updates)} widget updates for 1,000,000 progress() calls in {wall} s")
+        assert 0 < len(updates) <= budget, f"{len(updates)} widget updates in {wall}s"
+    finally:
+        kc.stop_channels()
+        km.shutdown_kernel(now=True)

@@ -366,12 +366,12 @@ def main(argv=None):
     for r in rows.values():
         print(f"| {r['runner']} | {fmt(r['throughput'], 0)} | {fmt(r['rt_p50'], 3)} "
               f"| {fmt(r['rt_p99'], 3)} | {fmt(r['late_p50'])} | {fmt(r['late_p99'])} |")
-    print(f"\nRound trips per runner: " + ", ".join(f"{r['runner']} {r['rt_n']}" for r in rows.values())
+    print("\nRound trips per runner: " + ", ".join(f"{r['runner']} {r['rt_n']}" for r in rows.values())
           + f"; delayed tasks: {cfg.delayed} (50-500 ms).")
     early = [r["runner"] for r in rows.values() if r["late_min"] < 0]
     if early:
         print("Ran before their eta: " + ", ".join(f"{r} (min {fmt(rows[r]['late_min'])} ms)" for r in early))
-    print(f"\n| periodic runner | runs | lateness p50 (ms) | p99 (ms) | max (ms) |")
+    print("\n| periodic runner | runs | lateness p50 (ms) | p99 (ms) | max (ms) |")
     print("|---|--:|--:|--:|--:|")
     for label, late in periodic.items():
         if late:

@@ -198,51 +198,89 @@ def test_periodic_notebook(tmp_path, kernel_name):
     assert "[('heartbeat', True)]" in text_of(cell(nb, "pause"))
 
 
-def test_progress_flood_is_throttled_on_the_wire(kernel_name):
-    """1,000,000 progress() calls reach the frontend as a few updates a second."""
+@pytest.fixture
+def kernel(kernel_name):
+    """A live kernel and a ``run(code) -> (msg_id, iopub messages until idle)``."""
     from jupyter_client.manager import start_new_kernel
     km, kc = start_new_kernel(kernel_name=kernel_name)
+
+    def run(code, until_idle=True):
+        msgs = []
+        msg_id = kc.execute(textwrap.dedent(code))
+        while until_idle:
+            msg = kc.get_iopub_msg(timeout=120)
+            msgs.append(msg)
+            if (msg["parent_header"].get("msg_id") == msg_id and msg["msg_type"] == "status"
+                    and msg["content"]["execution_state"] == "idle"):
+                break
+        return msg_id, msgs
+
     try:
-        def run(code):
-            msgs = []
-            msg_id = kc.execute(textwrap.dedent(code))
-            while True:
-                msg = kc.get_iopub_msg(timeout=120)
-                msgs.append(msg)
-                if (msg["parent_header"].get("msg_id") == msg_id and msg["msg_type"] == "status"
-                        and msg["content"]["execution_state"] == "idle"):
-                    return msgs
-
-        run("""
-            import time, nbqueue
-            from IPython.display import display
-            q = nbqueue.Queue("flood", storage="memory")
-
-            @q.task
-            def flood(n):
-                t0 = time.perf_counter()
-                for i in range(n):
-                    nbqueue.progress(i + 1, n)
-                return time.perf_counter() - t0
-        """)
-        msgs = run("""
-            t0 = time.perf_counter()
-            r = flood.schedule(args=(1_000_000,), delay=0.3)
-            display(r)
-            r.wait(60)
-            time.sleep(0.6)
-            wall = time.perf_counter() - t0
-            print(r.status, r.progress.done, round(wall, 2))
-        """)
-        updates = [m for m in msgs if m["msg_type"] == "comm_msg"
-                   and m["content"]["data"].get("method") == "update"]
-        printed = "".join(m["content"]["text"] for m in msgs if m["msg_type"] == "stream")
-        status, done, wall = printed.split()
-        assert (status, float(done)) == ("succeeded", 1_000_000)
-        # ~6 models change per refresh, at most 4 refreshes a second (plus the final one)
-        budget = 6 * (float(wall) / 0.25 + 2)
-        print(f"\n{len(updates)} widget updates for 1,000,000 progress() calls in {wall} s")
-        assert 0 < len(updates) <= budget, f"{len(updates)} widget updates in {wall}s"
+        yield run
     finally:
         kc.stop_channels()
         km.shutdown_kernel(now=True)
+
+
+def test_task_display_goes_to_submitting_cell_and_prints_nowhere_else(kernel):
+    """A task's display() lands under the cell that submitted it (ipykernel >= 7.4
+    set_thread_parent), even while another cell runs; its print()s go to its record only."""
+    first, msgs1 = kernel("""
+        import time, nbqueue
+        from IPython.display import display, HTML
+        q = nbqueue.Queue("routing", storage="memory")
+
+        @q.task
+        def report():
+            time.sleep(0.3)
+            print("task print")
+            display(HTML("<b>report ready</b>"))
+            return "done"
+
+        r = report()
+    """)
+    second, msgs2 = kernel("""
+        time.sleep(1.0)   # the task displays while this cell runs
+        print("second cell:", r.get(timeout=30), repr(r.output))
+    """)
+    msgs = msgs1 + msgs2
+    shown = [m for m in msgs if m["msg_type"] == "display_data"
+             and "report ready" in m["content"]["data"].get("text/html", "")]
+    assert [m["parent_header"]["msg_id"] for m in shown] == [first]
+    streams = [(m["parent_header"]["msg_id"], m["content"]["text"]) for m in msgs
+               if m["msg_type"] == "stream"]
+    assert streams == [(second, "second cell: done 'task print\\n'\n")]
+
+
+def test_progress_flood_is_throttled_on_the_wire(kernel):
+    """1,000,000 progress() calls reach the frontend as a few updates a second."""
+    kernel("""
+        import time, nbqueue
+        from IPython.display import display
+        q = nbqueue.Queue("flood", storage="memory")
+
+        @q.task
+        def flood(n):
+            t0 = time.perf_counter()
+            for i in range(n):
+                nbqueue.progress(i + 1, n)
+            return time.perf_counter() - t0
+    """)
+    _, msgs = kernel("""
+        t0 = time.perf_counter()
+        r = flood.schedule(args=(1_000_000,), delay=0.3)
+        display(r)
+        r.wait(60)
+        time.sleep(0.6)
+        wall = time.perf_counter() - t0
+        print(r.status, r.progress.done, round(wall, 2))
+    """)
+    updates = [m for m in msgs if m["msg_type"] == "comm_msg"
+               and m["content"]["data"].get("method") == "update"]
+    printed = "".join(m["content"]["text"] for m in msgs if m["msg_type"] == "stream")
+    status, done, wall = printed.split()
+    assert (status, float(done)) == ("succeeded", 1_000_000)
+    # ~6 models change per refresh, at most 4 refreshes a second (plus the final one)
+    budget = 6 * (float(wall) / 0.25 + 2)
+    print(f"\n{len(updates)} widget updates for 1,000,000 progress() calls in {wall} s")
+    assert 0 < len(updates) <= budget, f"{len(updates)} widget updates in {wall}s"

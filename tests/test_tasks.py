@@ -16,7 +16,7 @@ import pytest
 import nbqueue
 from nbqueue import Queue, Result, ResultGroup
 
-from conftest import gate, new_gate_key, queue_threads, unique_name
+from conftest import gate, queue_threads, unique_name
 
 WAIT = 10  # generous timeout for anything that should take milliseconds
 

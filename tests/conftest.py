@@ -14,6 +14,7 @@ task that still waits.
 
 import collections
 import threading
+import time
 import uuid
 
 import pytest
@@ -21,6 +22,16 @@ import pytest
 import nbqueue
 
 STORES = ("memory", "disk")
+
+def wait_until(predicate, timeout=10, interval=0.002):
+    """Poll ``predicate`` until it is true or ``timeout`` passes; returns its last value."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval)
+    return predicate()
+
 
 _GATES = collections.defaultdict(threading.Event)
 _GATES_LOCK = threading.Lock()

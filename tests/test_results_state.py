@@ -10,7 +10,7 @@ from nbqueue.exceptions import InvalidStateError
 from nbqueue.result import FINISHED, STATES, TRANSITIONS, WAITING, ResultGroup
 from nbqueue.storage.base import TaskRecord
 
-from conftest import gate, new_gate_key
+from conftest import gate, new_gate_key, wait_until
 
 WAIT = 10
 
@@ -33,16 +33,6 @@ def fail_first_run(key):
     if nbqueue.current_task().attempt == 1:
         raise ConnectionError("first run")
     return "second run"
-
-
-def wait_until(predicate, timeout=WAIT):
-    import time
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.002)
-    return predicate()
 
 
 def make_result(state, make_queue):

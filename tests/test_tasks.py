@@ -16,7 +16,7 @@ import pytest
 import nbqueue
 from nbqueue import Queue, Result, ResultGroup
 
-from conftest import gate, queue_threads, unique_name
+from conftest import gate, queue_threads, unique_name, wait_until
 
 WAIT = 10  # generous timeout for anything that should take milliseconds
 
@@ -86,15 +86,6 @@ async def async_whoami():
     nbqueue.progress(1, 2, "half")
     ctx = nbqueue.current_task()
     return ctx.id
-
-
-def wait_until(predicate, timeout=WAIT, interval=0.005):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(interval)
-    return predicate()
 
 
 # ---- submit / get --------------------------------------------------------------

@@ -19,7 +19,7 @@ import pytest
 import nbqueue
 from nbqueue import ResultGroup
 
-from conftest import gate, queue_threads
+from conftest import gate, queue_threads, wait_until
 
 WAIT = 10
 
@@ -29,15 +29,6 @@ LOG = collections.defaultdict(list)
 
 class MyBaseException(BaseException):
     pass
-
-
-def wait_until(predicate, timeout=WAIT, interval=0.002):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(interval)
-    return predicate()
 
 
 def starts(key):

@@ -15,7 +15,7 @@ from IPython.core.magic_arguments import argument, magic_arguments, parse_argstr
 from IPython.display import display
 
 from . import queue as queue_module
-from .exceptions import TaskNotFound
+from .exceptions import NbqueueError, TaskNotFound
 from .queue import Queue, latest_queue
 from .result import FINISHED
 from .task import TaskFunction, make_options
@@ -68,14 +68,26 @@ def run_cell(code, filename):
     return eval(last, ns) if last else None
 
 
+def _unquote(value):
+    # magic_arguments keeps the quotes of -n 'csv import': drop one matching pair
+    if value and len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+        return value[1:-1]
+    return value
+
+
 def _queue_from(shell, name):
     if name is None:
         try:
-            return latest_queue()._live_queue()
-        except Exception:
+            q = latest_queue()
+        except NbqueueError:
             raise UsageError("no nbqueue Queue yet: create one (q = nbqueue.Queue()) "
                              "or name one with -q VAR") from None
-    q = shell.user_ns.get(name)
+        try:
+            return q._live_queue()
+        except NbqueueError as err:
+            raise UsageError(f"the latest queue, {q.name!r}, is shut down ({err}); create a new "
+                             "one or name another with -q VAR") from None
+    q = shell.user_ns.get(_unquote(name))
     if not isinstance(q, Queue):
         raise UsageError(f"-q {name}: no Queue named {name!r} in the namespace "
                          f"(got {type(q).__name__}); pass the variable that holds your Queue")
@@ -102,6 +114,7 @@ class NbqueueMagics(Magics):
         widget under the cell. Its prints go to that widget's log.
         """
         args = parse_argstring(self.background, line)
+        args.name, args.output = _unquote(args.name), _unquote(args.output)
         if args.retries < 0:
             raise UsageError(f"--retries {args.retries}: give a whole number >= 0")
         if args.timeout is not None and args.timeout <= 0:

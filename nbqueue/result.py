@@ -240,8 +240,15 @@ class ResultGroup:
         return [r.id for r in self.results]
 
     def statuses(self):
-        """A Counter of the members' states."""
-        return Counter(r.status for r in self.results)
+        """A Counter of the members' states; a member whose record was purged counts
+        as ``"purged"``."""
+        counts = Counter()
+        for r in self.results:
+            try:
+                counts[r.status] += 1
+            except TaskNotFound:
+                counts["purged"] += 1
+        return counts
 
     def done(self):
         return all(r.done() for r in self.results)
@@ -277,7 +284,7 @@ class ResultGroup:
 
     def __repr__(self):
         counts = self.statuses()
-        parts = ", ".join(f"{counts[s]} {s}" for s in STATES if counts[s])
+        parts = ", ".join(f"{counts[s]} {s}" for s in (*STATES, "purged") if counts[s])
         return f"<ResultGroup {len(self)} tasks: {parts}>"
 
     def _repr_pretty_(self, p, cycle):

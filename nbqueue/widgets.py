@@ -86,6 +86,15 @@ def _duration(seconds):
     return f"{h}:{m:02d}:{s:02d}" if h else f"{m:02d}:{s:02d}"
 
 
+def _next_run_text(job):
+    """'paused', 'next 14:05:00' or 'not scheduled' for a JobRecord."""
+    if job.paused:
+        return "paused"
+    if not job.next_run:
+        return "not scheduled"
+    return "next " + time.strftime("%H:%M:%S", time.localtime(job.next_run))
+
+
 def _error_html(rec):
     err = rec.error or {}
     head = html.escape(f"{err.get('type', 'error')}: {err.get('message', '')}")
@@ -207,12 +216,15 @@ class GroupView:
         store = self.group.results[0].queue.store if len(self.group) else None
         counts = dict.fromkeys(STATES, 0)
         names = set()
+        purged = 0
         for r in self.group:
             rec = store.get(r.id)
-            if rec is not None:
+            if rec is None:
+                purged += 1  # finished once, or it could not have been purged
+            else:
                 counts[rec.status] += 1
                 names.add(rec.name)
-        finished = sum(counts[s] for s in FINISHED)
+        finished = sum(counts[s] for s in FINISHED) + purged
         n = len(self.group)
         self.title.value = (f"<b>{html.escape(', '.join(sorted(names)) or 'empty group')}</b> "
                             f"<span style='color:#888'>{n} tasks</span>")
@@ -259,8 +271,7 @@ class JobView:
             self.toggle.disabled = True
             return False
         last = store.get(rec.last_run_id) if rec.last_run_id else None
-        nxt = "paused" if rec.paused else (
-            "next " + time.strftime("%H:%M:%S", time.localtime(rec.next_run)) if rec.next_run else "")
+        nxt = _next_run_text(rec)
         counters = f"runs {rec.runs}" + (f" · skipped {rec.skipped}" if rec.skipped else "") + (
             f" · missed {rec.missed}" if rec.missed else "")
         self.summary.value = (
@@ -326,7 +337,7 @@ class DashboardView:
         jobs = store.jobs()
         self.jobs.value = "" if not jobs else "<b>periodic jobs</b><br>" + "<br>".join(
             f"{html.escape(j.name)} <code>{html.escape(j.schedule)}</code> · "
-            + ("paused" if j.paused else "next " + time.strftime("%H:%M:%S", time.localtime(j.next_run)))
+            + _next_run_text(j)
             + f" · runs {j.runs}" for j in jobs.values())
         return True
 
@@ -381,8 +392,7 @@ class Dashboard:
             prog = f"{rec.progress_done:g}/{rec.progress_total:g}" if rec.progress_total else ""
             lines.append(f"  {rec.id[:8]}  {rec.status:<10} {prog:>9}  attempts={rec.attempts}  {rec.name}")
         for job in store.jobs().values():
-            nxt = "paused" if job.paused else time.strftime("%H:%M:%S", time.localtime(job.next_run or 0))
-            lines.append(f"  job {job.name} {job.schedule!r} next {nxt} runs={job.runs}")
+            lines.append(f"  job {job.name} {job.schedule!r} {_next_run_text(job)} runs={job.runs}")
         return "\n".join(lines)
 
     def __repr__(self):

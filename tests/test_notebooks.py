@@ -27,20 +27,22 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="session")
 def kernel_name(tmp_path_factory):
     """A kernelspec for this interpreter (the one that has nbqueue installed), found
-    through JUPYTER_PATH so nothing is installed outside the test's temp dir."""
+    through JUPYTER_PATH so nothing is written outside the test's temp dir."""
     root = tmp_path_factory.mktemp("jupyter")
     spec_dir = root / "kernels" / "nbqueue-test"
     spec_dir.mkdir(parents=True)
     (spec_dir / "kernel.json").write_text(json.dumps({
         "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
         "display_name": "nbqueue test", "language": "python"}))
-    saved = os.environ.get("JUPYTER_PATH")
-    os.environ["JUPYTER_PATH"] = os.pathsep.join(filter(None, [str(root), saved]))
+    saved = {k: os.environ.get(k) for k in ("JUPYTER_PATH", "IPYTHONDIR")}
+    os.environ["JUPYTER_PATH"] = os.pathsep.join(filter(None, [str(root), saved["JUPYTER_PATH"]]))
+    os.environ["IPYTHONDIR"] = str(root / "ipython")  # the kernels' history stays out of ~/.ipython
     yield "nbqueue-test"
-    if saved is None:
-        os.environ.pop("JUPYTER_PATH", None)
-    else:
-        os.environ["JUPYTER_PATH"] = saved
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
 
 
 def execute(name, tmp_path, kernel_name):

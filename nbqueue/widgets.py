@@ -140,7 +140,7 @@ class TaskView:
         finally:
             updater().poke()
 
-    def refresh(self):
+    def refresh(self, force=False):
         """Copy the record's state into the widgets. Returns False once final."""
         rec = self.result.queue.store.get(self.result.id)
         if rec is None:
@@ -212,7 +212,7 @@ class GroupView:
         self.box.add_class("nbqueue-group")
         self.refresh()
 
-    def refresh(self):
+    def refresh(self, force=False):
         store = self.group.results[0].queue.store if len(self.group) else None
         counts = dict.fromkeys(STATES, 0)
         names = set()
@@ -263,7 +263,7 @@ class JobView:
             self.job.pause()
         updater().poke()
 
-    def refresh(self):
+    def refresh(self, force=False):
         store = self.job.queue.store
         rec = store.get_job(self.job.name)
         if rec is None:
@@ -423,6 +423,7 @@ class Updater:
         self._thread = None
         self._passes = 0
         self._passed = threading.Condition(self._lock)
+        self._force_until = 0  # passes numbered below this also refresh throttled views
 
     def view(self, key, build):
         with self._lock:
@@ -452,25 +453,40 @@ class Updater:
         """Refresh every live view now and wait until that pass is done, so the displays
         show the current state when the calling cell ends. Returns False on timeout."""
         with self._lock:
-            if not self._views or self._thread is None or not self._thread.is_alive():
+            if not (self._views or len(self._cache)) or self._thread is None or not self._thread.is_alive():
                 return True
             target = self._passes + 2  # the pass running now may have read old state
+            # views that throttle themselves (the dashboard: once a second) refresh on
+            # the passes settle() waits for, or they would keep the state of a second ago
+            self._force_until = max(self._force_until, target)
         self._wake.set()
         with self._lock:
-            return self._passed.wait_for(lambda: self._passes >= target or not self._views, timeout)
+            return self._passed.wait_for(lambda: self._passes >= target, timeout)
 
     def _loop(self):
         while True:
             with self._lock:
                 views = list(self._views)
-            if not views:
+                force = self._passes < self._force_until
+                # settle()'s last pass also sends the state of the views that already
+                # finished: their final update may have gone out while no cell ran, under
+                # an ended cell's parent, which a recorder such as nbclient drops, and
+                # nothing changes afterwards to send it again
+                finished = [v for v in self._cache.values() if v not in views] \
+                    if self._passes == self._force_until - 1 else []
+            for view in finished:
+                try:
+                    _send_whole_state(view.box)
+                except Exception as exc:  # as for refresh: never stop the updater
+                    sys.__stderr__.write(f"nbqueue: widget resend failed: {exc!r}\n")
+            if not views and not force:
                 self._wake.wait()
                 self._wake.clear()
                 continue
             started = time.monotonic()
             for view in views:
                 try:
-                    live = view.refresh()
+                    live = view.refresh(force=force)
                 except Exception as exc:  # a broken view must not stop the others
                     sys.__stderr__.write(f"nbqueue: widget refresh failed: {exc!r}\n")
                     live = False
@@ -484,6 +500,14 @@ class Updater:
             spent = time.monotonic() - started
             self._wake.wait(max(0.0, self.interval - spent))
             self._wake.clear()
+
+
+def _send_whole_state(widget):
+    """Send the full state of ``widget`` and of the widgets inside it. Not an Output's
+    ``msg_id`` (nbqueue never captures into one): nbclient fails on an empty one it did not set."""
+    widget.send_state(key=[k for k in widget.keys if k != "msg_id"])
+    for child in getattr(widget, "children", ()):
+        _send_whole_state(child)
 
 
 _updater = None

@@ -11,6 +11,7 @@ import pathlib
 import shutil
 import sys
 import textwrap
+import time
 
 import pytest
 
@@ -183,6 +184,7 @@ def test_results_by_id_and_dashboard(quickstart):
     dashboard = w.html(w.tree(view_id(cell(quickstart, "dashboard"))))
     for name in ("crunch", "flaky", "boom", "forever"):
         assert name in dashboard
+    assert "nbqueue-running" not in dashboard  # %nbqueue wait left it up to date
 
 
 def test_periodic_notebook(tmp_path, kernel_name):
@@ -252,6 +254,26 @@ def test_task_display_goes_to_submitting_cell_and_prints_nowhere_else(kernel):
     streams = [(m["parent_header"]["msg_id"], m["content"]["text"]) for m in msgs
                if m["msg_type"] == "stream"]
     assert streams == [(second, "second cell: done 'task print\\n'\n")]
+
+
+def test_wait_resends_an_end_state_sent_while_no_cell_ran(kernel):
+    """A task that ends between cells has its last widget update stamped with an ended
+    cell, which nbclient drops; ``%nbqueue wait`` sends the end state again."""
+    kernel("""
+        import time, nbqueue
+        q = nbqueue.Queue("gap", storage="memory")
+
+        @q.task
+        def nap():
+            time.sleep(0.5)
+
+        r = nap()
+        r
+    """)
+    time.sleep(1.5)  # nap ends and its widget updates while no cell runs
+    second, msgs = kernel("%load_ext nbqueue\n%nbqueue wait")
+    assert any(m["msg_type"] == "comm_msg" and m["parent_header"].get("msg_id") == second
+               and "nbqueue-succeeded" in str(m["content"]["data"].get("state", {})) for m in msgs)
 
 
 def test_progress_flood_is_throttled_on_the_wire(kernel):

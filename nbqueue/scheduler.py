@@ -17,6 +17,7 @@ every 10 seconds. ``every=`` intervals are aligned to the epoch, so
 """
 
 import datetime
+import functools
 import math
 import numbers
 import os
@@ -135,9 +136,16 @@ def next_tick(job, after):
     """The first tick of ``job`` strictly after the ``time.time()`` float ``after``."""
     if job.every:
         return (math.floor(after / job.every) + 1) * job.every
+    return _next_cron_tick(job.schedule, job.timezone, after)
+
+
+@functools.lru_cache(maxsize=256)
+def _next_cron_tick(schedule, timezone, after):
+    # croniter takes about a millisecond: the scheduler asks for the tick after a
+    # job's next run before it sleeps, so firing on the boundary finds it here.
     from croniter import croniter
-    start = datetime.datetime.fromtimestamp(after, zone(job.timezone))
-    return croniter(job.schedule, start, second_at_beginning=True).get_next(float)
+    start = datetime.datetime.fromtimestamp(after, zone(timezone))
+    return croniter(schedule, start, second_at_beginning=True).get_next(float)
 
 
 def plan_tick(job, now):
@@ -148,8 +156,9 @@ def plan_tick(job, now):
     paused). Missed ticks run once if ``catch_up``, else not at all.
     """
     due = job.next_run
-    nxt = next_tick(job, now)
-    period = next_tick(job, due) - due
+    after_due = next_tick(job, due)
+    nxt = after_due if now < after_due else next_tick(job, now)
+    period = after_due - due
     if now - due <= max(1.0, min(10.0, period / 2)):
         return "run", nxt, 0
     missed, t = 0, due
@@ -330,8 +339,9 @@ class Scheduler:
                 if job.next_run <= now:
                     self.fire(job, now)
                     job = store.get_job(job.name)
-                    if job is None:
+                    if job is None or job.next_run is None:
                         continue
+                next_tick(job, job.next_run)  # computed now, while there is time
                 due.append(job.next_run)
         due = [t for t in due if t is not None]
         return None if not due else max(0.0, min(due) - time.time())

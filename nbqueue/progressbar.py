@@ -2,8 +2,9 @@
 
 Inside a task it draws nothing (a bar written from a worker thread would land
 in whichever cell runs last); each refresh, at tqdm's own ``mininterval``,
-becomes ``nbqueue.progress(n, total, desc)``, which also makes a cancel or a
-timeout stop the loop. Outside a task it is ``tqdm.auto.tqdm``.
+becomes ``nbqueue.progress(n, total, desc)``; a cancel or a timeout it reports
+is raised by the loop (or ``update()``) right after. Outside a task it is
+``tqdm.auto.tqdm``.
 """
 
 from tqdm.std import tqdm as _std_tqdm
@@ -20,6 +21,7 @@ class tqdm(_std_tqdm):  # noqa: N801 -- the name users import
 
     def __init__(self, *args, **kwargs):
         self._nbqueue_task = current_task()
+        self._nbqueue_stop = None
         kwargs["file"] = _Nowhere()  # close() still writes a newline: not into the task's log
         super().__init__(*args, **kwargs)
 
@@ -27,8 +29,29 @@ class tqdm(_std_tqdm):  # noqa: N801 -- the name users import
         task = self._nbqueue_task
         if task is None:
             return super().display(msg, pos)
-        task.progress(self.n, self.total, self.desc or None)
+        # tqdm calls this holding its process-wide lock, and does not release it if
+        # we raise: a cancel or timeout is kept and raised by the loop instead.
+        try:
+            task.progress(self.n, self.total, self.desc or None)
+        except Exception as exc:
+            self._nbqueue_stop = exc
         return True
+
+    def _nbqueue_raise(self):
+        stop, self._nbqueue_stop = self._nbqueue_stop, None
+        if stop is not None:
+            raise stop
+
+    def __iter__(self):
+        for item in super().__iter__():
+            self._nbqueue_raise()
+            yield item
+        self._nbqueue_raise()
+
+    def update(self, n=1):
+        shown = super().update(n)
+        self._nbqueue_raise()
+        return shown
 
 
 class _Nowhere:

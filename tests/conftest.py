@@ -43,6 +43,16 @@ def gate(key):
         return _GATES[key]
 
 
+def wait_gate(key, value=None, started=None, timeout=10):
+    """A task body: open gate ``started`` (if given), then block until gate ``key`` opens;
+    returns ``value``."""
+    if started is not None:
+        gate(started).set()
+    if not gate(key).wait(timeout):
+        raise RuntimeError(f"gate {key} was never opened")
+    return value
+
+
 def new_gate_key(prefix="gate"):
     key = f"{prefix}-{uuid.uuid4().hex}"
     gate(key)

@@ -16,7 +16,7 @@ import pytest
 import nbqueue
 from nbqueue import Queue, Result, ResultGroup
 
-from conftest import gate, queue_threads, unique_name, wait_until
+from conftest import gate, queue_threads, unique_name, wait_gate, wait_until
 
 WAIT = 10  # generous timeout for anything that should take milliseconds
 
@@ -53,15 +53,6 @@ class MyError(Exception):
 
 def raise_my_error():
     raise MyError("mine")
-
-
-def wait_gate(key, value=None, started=None):
-    """Signal ``started`` (a gate key), then block until gate ``key`` opens."""
-    if started is not None:
-        gate(started).set()
-    if not gate(key).wait(WAIT):
-        raise RuntimeError(f"gate {key} was never opened")
-    return value
 
 
 def whoami():

@@ -19,7 +19,7 @@ import pytest
 import nbqueue
 from nbqueue import ResultGroup
 
-from conftest import gate, queue_threads, wait_until
+from conftest import gate, queue_threads, wait_gate, wait_until
 
 WAIT = 10
 
@@ -177,14 +177,6 @@ def echo_kwargs(*args, **kwargs):
 
 def identity(x):
     return x
-
-
-def wait_gate(key, value=None, started=None):
-    if started is not None:
-        gate(started).set()
-    if not gate(key).wait(WAIT):
-        raise RuntimeError(f"gate {key} was never opened")
-    return value
 
 
 # ---- retries -------------------------------------------------------------------

@@ -82,7 +82,7 @@ class WorkerPool:
         def keep_going():
             return not self._stopping.is_set() and index < self._target
 
-        while keep_going():
+        while rec is not None or keep_going():  # a task already claimed is run, never dropped
             if rec is None:
                 if looked_at is not None:
                     store.wait_for_work(looked_at, poll if store.shared else None)
@@ -101,17 +101,18 @@ class WorkerPool:
             poll = MIN_POLL
             looked_at = store._work_seq
             try:
-                rec = self.run(rec, claim_next=keep_going())
+                rec = self.run(rec, claim_next=keep_going)
             except BaseException as exc:  # not a task error (those are caught in run): ours
                 self.queue._log(f"worker error running task {rec.id}", sys.exc_info())
                 self._fail_unhandled(rec, exc)
                 rec = None
 
-    def run(self, rec, claim_next=False):
+    def run(self, rec, claim_next=None):
         """Run one claimed task to its outcome and write that outcome to the store.
 
-        With ``claim_next``, the same store transaction claims the next task,
-        which is returned (or None)."""
+        If ``claim_next()`` is true when the task ends (asked then: the pool may be
+        stopping or shrinking meanwhile), the same store transaction claims the next
+        task, which is returned (or None)."""
         queue = self.queue
         ctx = context.TaskContext(rec, self.store, queue.output_limit)
         queue._running[rec.id] = ctx
@@ -143,7 +144,8 @@ class WorkerPool:
         fields.update(ctx.fields())
         # Not finished: our lease ran out and the task was requeued; its new run owns it.
         finished, nxt = self.store.finish_and_claim(
-            rec.id, self.worker_id, status, self.lease if claim_next else None, **fields)
+            rec.id, self.worker_id, status, self.lease if claim_next and claim_next() else None,
+            **fields)
         if finished and status in FINISHED:
             queue._task_finished(rec.id)
         return nxt

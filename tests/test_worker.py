@@ -723,3 +723,19 @@ def test_task_not_started_before_expiry_is_cancelled(make_queue, gates):
         assert r.status == "cancelled"
         assert r.attempts == 0
     assert LOG[never] == []
+
+
+# ---- stopping while tasks wait -----------------------------------------------------
+def test_stopping_pool_leaves_queued_tasks_pending_not_claimed(make_queue, gates):
+    """A worker that finishes its task after shutdown() claims nothing more: the tasks
+    still queued stay pending (a claim it never ran would sit 'running' for good)."""
+    q = make_queue(workers=1)
+    key, started = gates.new(), gates.new()
+    first = q.task(wait_gate)(key, "first", started)
+    later = [q.task(identity)(i) for i in range(3)]
+    assert gate(started).wait(WAIT)
+    q.shutdown(wait=False)
+    gate(key).set()
+    assert first.get(timeout=WAIT) == "first"
+    assert wait_until(lambda: not queue_threads(q.name))
+    assert [r.status for r in later] == ["pending"] * 3

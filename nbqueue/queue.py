@@ -428,8 +428,7 @@ class Queue:
             for task_id in set(self._local_calls) | set(self._parents):
                 rec = self.store.get(task_id)
                 if rec is None or rec.status in FINISHED:
-                    self._local_calls.pop(task_id, None)
-                    self._parents.pop(task_id, None)
+                    self._task_finished(task_id)
         self.store.purge_expired()
 
     def _log(self, what, exc_info):

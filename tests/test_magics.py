@@ -496,19 +496,25 @@ def test_nbqueue_output(shell, make_q, capsys):
     assert capsys.readouterr().out == "line one\nline two\n"
 
 
+def nbqueue_while_gate_opens(shell, capsys, line, key, delay=0.2):
+    """Run ``%nbqueue LINE`` while a timer opens gate ``key`` after ``delay``; returns its stdout."""
+    timer = threading.Timer(delay, gate(key).set)
+    timer.start()
+    try:
+        capsys.readouterr()
+        shell.run_line_magic("nbqueue", line)
+    finally:
+        timer.join()
+    return capsys.readouterr().out
+
+
 def test_nbqueue_wait_for_one_task(shell, make_q, capsys):
     q, var = make_q(workers=2)
     key, started = new_gate_key(), new_gate_key()
     r = q.task(blocked)(key, started)
     assert gate(started).wait(WAIT)
-    timer = threading.Timer(0.2, gate(key).set)
-    timer.start()
-    try:
-        capsys.readouterr()
-        shell.run_line_magic("nbqueue", f"-q {var} wait {r.id[:8]}")
-    finally:
-        timer.join()
-    assert "1 task(s) finished" in capsys.readouterr().out
+    out = nbqueue_while_gate_opens(shell, capsys, f"-q {var} wait {r.id[:8]}", key)
+    assert "1 task(s) finished" in out
     assert r.status == "succeeded"
 
 
@@ -518,14 +524,7 @@ def test_nbqueue_wait_for_every_unfinished_task(shell, make_q, capsys):
     assert done.wait(WAIT)
     key = new_gate_key()
     pending = [q.task(blocked)(key) for _ in range(2)]
-    timer = threading.Timer(0.2, gate(key).set)
-    timer.start()
-    try:
-        capsys.readouterr()
-        shell.run_line_magic("nbqueue", f"-q {var} wait")
-    finally:
-        timer.join()
-    out = capsys.readouterr().out
+    out = nbqueue_while_gate_opens(shell, capsys, f"-q {var} wait", key)
     assert re.search(r"^[0-2] task\(s\) finished$", out, re.M), out  # the finished one is not waited for
     assert all(r.status == "succeeded" for r in pending)
 

@@ -121,7 +121,6 @@ class Storage:
         self._work_ready = threading.Condition(self._lock)
         self._task_done = threading.Condition(self._lock)
         self._eta_changed = threading.Condition(self._lock)
-        self._done_waiters = 0
         self._work_waiters = 0
         self._waited = collections.Counter()     # task id -> threads waiting for it to finish
         self._work_seq = 0
@@ -445,18 +444,21 @@ class Storage:
         return recs[-limit:] if limit else recs
 
     def delete(self, task_ids) -> int:
-        """Remove finished records (others are left alone). Returns how many were removed."""
+        """Remove finished records (others are left alone). Returns how many were removed.
+        Ids of records already gone are dropped from the expiry index too."""
         removed = 0
         with self._txn():
             expiries = None
             for task_id in task_ids:
                 rec = self._load(task_id)
-                if rec is not None and rec.status in FINISHED:
+                if rec is not None and rec.status not in FINISHED:
+                    continue
+                if rec is not None:
                     self._remove(task_id)
                     removed += 1
-                    if rec.expires_at is not None:
-                        expiries = self._expiries() if expiries is None else expiries
-                        expiries.pop(task_id, None)
+                if rec is None or rec.expires_at is not None:
+                    expiries = self._expiries() if expiries is None else expiries
+                    expiries.pop(task_id, None)
             if expiries is not None:
                 self._put_expiries(expiries)
         return removed
@@ -601,26 +603,11 @@ class Storage:
         return self.delete(doomed)
 
     def purge_expired(self, now=None):
-        """Delete finished records whose ``expires_at`` has passed. Cheap when none
-        is due: it reads one small index, never the records."""
+        """Delete finished records whose ``expires_at`` has passed (one not finished yet
+        goes once it is). Cheap when none is due: it reads one small index, never the records."""
         now = time.time() if now is None else now
         due = [tid for tid, at in self._expiries().items() if at <= now]
-        if not due:
-            return 0
-        removed = 0
-        with self._txn():
-            expiries = self._expiries()
-            for task_id in due:
-                rec = self._load(task_id)
-                if rec is None:
-                    expiries.pop(task_id, None)
-                elif rec.status in FINISHED:
-                    self._remove(task_id)
-                    expiries.pop(task_id, None)
-                    removed += 1
-                # not finished yet: purged once it is
-            self._put_expiries(expiries)
-        return removed
+        return self.delete(due) if due else 0
 
     # Wake-ups use sequence numbers so a notify between a waiter's last look
     # and its wait is never lost: the waiter only sleeps if nothing changed.
@@ -634,7 +621,7 @@ class Storage:
         """Wake waiters on ``task_id`` (None: on any task) because it finished."""
         with self._lock:
             self._done_seq += 1
-            if self._done_waiters and (task_id is None or task_id in self._waited):
+            if self._waited and (task_id is None or task_id in self._waited):
                 self._task_done.notify_all()
 
     def notify_eta(self):
@@ -684,12 +671,10 @@ class Storage:
             with self._lock:
                 if self._done_seq != seq:
                     continue
-                self._done_waiters += 1
                 self._waited[task_id] += 1
                 try:
                     self._task_done.wait(wait)
                 finally:
-                    self._done_waiters -= 1
                     self._waited[task_id] -= 1
                     if not self._waited[task_id]:
                         del self._waited[task_id]

@@ -4,27 +4,28 @@
 display or a magic needs them.
 """
 
-from .context import check_cancelled, current_task, progress
+from .runtime.context import check_cancelled, current_task, progress
 from .exceptions import (CancelExecution, InvalidStateError, NbqueueError, QueueClosed,
                          RetryTask, TaskCancelled, TaskException, TaskNotFound, TaskTimeout,
                          WorkerLost)
 from .queue import Queue
 from .result import Progress, Result, ResultGroup
-from .scheduler import PeriodicJob, crontab
+from .periodic import PeriodicJob
+from .schedules import crontab
 
 __version__ = "0.1.0"
 
 
 def load_ipython_extension(ipython):
     """``%load_ext nbqueue``: the ``%%background`` and ``%nbqueue`` magics."""
-    from .magics import load_ipython_extension as load
+    from .ui.magics import load_ipython_extension as load
     load(ipython)
 
 
 def __getattr__(name):
     # nbqueue.tqdm loads tqdm only when asked for: ``import nbqueue`` stays light.
     if name == "tqdm":
-        from .progressbar import tqdm
+        from .ui.progressbar import tqdm
         return tqdm
     raise AttributeError(f"module 'nbqueue' has no attribute {name!r}")
 

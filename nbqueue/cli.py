@@ -6,7 +6,7 @@ import sys
 
 def _queue(store):
     from .queue import Queue
-    from .storage.disk import queue_name_of
+    from .storage.sqlite import queue_name_of
     return Queue(queue_name_of(store), storage=store, workers=0, start=False)
 
 
@@ -18,16 +18,11 @@ def cmd_demo(args):
 
 def cmd_status(args):
     q = _queue(args.store)
-    results = q.tasks(limit=args.limit)
-    counts = {}
-    for r in results:
-        counts[r.status] = counts.get(r.status, 0) + 1
+    counts = q.counts()
     print(f"queue {q.name!r} at {q.store.directory}: "
-          + (", ".join(f"{n} {s}" for s, n in sorted(counts.items())) or "no tasks"))
-    for r in results:
-        rec = q.store.get(r.id)
-        if rec is not None:
-            print(f"  {rec.id}  {rec.status:<10} attempts={rec.attempts}  {rec.name}")
+          + (", ".join(f"{n} {s}" for s, n in counts.items() if n) or "no tasks"))
+    for rec in q.store.page(limit=args.limit):
+        print(f"  {rec.id}  {rec.status:<10} attempts={rec.attempts}  {rec.name}")
     return 0
 
 

@@ -1,107 +1,120 @@
-"""``Queue``: registry of tasks, submit, lookup, lifecycle.
+"""``Queue``: the composition root. It wires a store, a worker pool and a
+scheduler around one ``QueueState``, and offers submit, lookup and lifecycle.
 
 A Queue created again with the same name and store in the same process (a
-re-run notebook cell) takes over the live one: same store and results, the old
-pool's idle workers exit, old handles and old task functions keep working.
+re-run notebook cell) takes over the live one: it is handed the same
+``QueueState`` (store, results, in-flight tasks, callbacks), the old pool's
+idle workers exit, old handles and old task functions keep working.
 """
 
 import datetime
 import inspect
-import numbers
-import os
-import sys
-import threading
 import time
-import traceback
 
-from . import context, serializer
-from .exceptions import NbqueueError, QueueClosed, TaskException
-from .result import (FINISHED, PENDING, SCHEDULED, STATES, WAITING, Result, ResultGroup,
-                     cancelled_error)
-from .scheduler import PeriodicJob, Scheduler, define_job, make_schedule
-from .storage import TaskRecord, open_storage, storage_key
-from .task import (Pipeline, Signature, TaskFunction, expires_at, make_options)
-from .worker import WorkerPool, new_worker_id
+from . import registry, serializer
+from .exceptions import QueueClosed
+from .periodic import PeriodicJob, define_job
+from .records import TaskRecord
+from .result import Result, ResultGroup
+from .runtime import capture
+from .runtime.scheduler import Scheduler
+from .runtime.state import QueueState, new_task_id
+from .runtime.worker import WorkerPool
+from .schedules import make_schedule
+from .states import FINISHED, PENDING, SCHEDULED, WAITING, check_states
+from .storage import open_storage, storage_key
+from .task import Pipeline, Signature, TaskFunction, expires_at, make_options
+from .validation import check_count, check_seconds
 
-_registry_lock = threading.Lock()
-_live = {}        # storage key -> the live Queue on that store
-_latest = None    # the most recently created Queue
-
-
-def new_task_id():
-    """32 random hex digits (what uuid4().hex gives, at a fifth of the cost)."""
-    return os.urandom(16).hex()
+DEFAULT_KEEP = datetime.timedelta(days=7)
+MEMORY_MAX_FINISHED = 10_000
+MAX_NAME = 200
 
 
 def latest_queue():
     """The most recently created Queue. Raises NbqueueError if there is none."""
-    if _latest is None:
-        raise NbqueueError("no Queue exists yet; create one with nbqueue.Queue()")
-    return _latest
+    return registry.latest_queue()
 
 
 class Queue:
     """A named task queue on a store, with a pool of worker threads.
 
-    ``storage``: None (durable diskcache under ``./.nbqueue/<name>``),
-    ``"memory"`` (in-process, no pickling) or a directory path (diskcache).
-    ``lease``: seconds a running task is held before another worker may take
-    it over if this process dies; ``max_recoveries``: how many such takeovers
-    before the task fails with WorkerLost; ``output_limit``: characters of
-    stdout/stderr kept per task (the tail).
+    ``storage``: None (a store directory ``./.nbqueue/<name>``), ``"memory"``
+    (in-process, no pickling) or a directory path. ``keep``: how long finished
+    records stay (a timedelta or seconds; None: for ever); a memory queue also
+    keeps at most ``max_finished`` (default 10,000) finished records.
+    ``lease``: seconds a running task is held before another process may take it
+    over if this one died; ``max_recoveries``: how many such takeovers before the
+    task fails with WorkerLost; ``output_limit``: characters of stdout/stderr
+    kept per task (the tail). Raises TypeError/ValueError naming a bad argument.
     """
 
     def __init__(self, name="default", storage=None, workers=4, start=True, *,
-                 lease=10.0, max_recoveries=3, output_limit=64 * 1024):
-        if not isinstance(name, str) or not name or any(c in name for c in "/\\\0") or name in (".", ".."):
-            raise ValueError(f"queue name {name!r}: use a non-empty name without slashes, like 'jobs'")
-        if isinstance(workers, bool) or not isinstance(workers, numbers.Integral) or workers < 0:
-            raise ValueError(f"workers={workers!r}: give a whole number >= 0 (0: submit only)")
-        if not isinstance(lease, numbers.Real) or lease <= 0:
-            raise ValueError(f"lease={lease!r}: give a number of seconds > 0")
-        if isinstance(max_recoveries, bool) or not isinstance(max_recoveries, numbers.Integral) \
-                or max_recoveries < 0:
-            raise ValueError(f"max_recoveries={max_recoveries!r}: give a whole number >= 0")
-        if isinstance(output_limit, bool) or not isinstance(output_limit, numbers.Integral) \
-                or output_limit < 0:
-            raise ValueError(f"output_limit={output_limit!r}: give a whole number of characters >= 0")
+                 keep=DEFAULT_KEEP, max_finished=None, lease=10.0, max_recoveries=1,
+                 output_limit=64 * 1024):
+        if not isinstance(name, str) or not name or any(c in name for c in "/\\\0") \
+                or name in (".", "..") or len(name) > MAX_NAME:
+            raise ValueError(f"queue name {name!r}: use a non-empty name of at most {MAX_NAME} "
+                             "characters without slashes, like 'jobs'")
+        check_count(workers, "workers", hint="(0: submit only)")
+        lease = check_seconds(lease, "lease", minimum=0.1, maximum=86400.0)
+        check_count(max_recoveries, "max_recoveries")
+        check_count(output_limit, "output_limit", hint="characters")
+        keep = None if keep is None else check_seconds(keep, "keep", minimum=1.0,
+                                                       maximum=100 * 365 * 86400.0)
+        if max_finished is not None:
+            check_count(max_finished, "max_finished")
         self.name = name
-        self.lease = float(lease)
-        self.max_recoveries = int(max_recoveries)
-        self.output_limit = int(output_limit)
         self._closed = False
         self._successor = None
-        self._lock = threading.Lock()
         key = storage_key(storage, name)
-        with _registry_lock:
-            old = _live.get(key)
+        with registry.lock:
+            old = registry.live.get(key)
             if old is not None:
                 # A re-run cell: keep the store, the results and what is in flight.
-                self.store = old.store
-                self.worker_id = old.worker_id
-                self._tasks = dict(old._tasks)
-                self._local_calls = old._local_calls
-                self._callbacks = old._callbacks
-                self._running = old._running
-                self._parents = old._parents
+                self.state = old.state
                 old._hand_over(self)
             else:
-                self.store = open_storage(storage, name)
-                self.worker_id = new_worker_id()
-                self._tasks = {}
-                self._local_calls = {}   # task id -> live (func, args, kwargs, retry_on)
-                self._callbacks = {}     # task id -> [fn]
-                self._running = {}       # task id -> TaskContext, for tasks this process runs
-                self._parents = {}       # task id -> submitting cell, to route display() there
+                store = open_storage(storage, name)
+                self.state = QueueState(name, store, lease=lease, max_recoveries=int(max_recoveries),
+                                        output_limit=int(output_limit), keep=keep,
+                                        max_finished=None)
+            state = self.state
+            state.lease, state.max_recoveries, state.output_limit = lease, int(max_recoveries), int(output_limit)
+            state.keep = keep
+            state.max_finished = max_finished if max_finished is not None else (
+                None if state.store.shared else MEMORY_MAX_FINISHED)
             self._key = key
-            _live[key] = self
-            global _latest
-            _latest = self
-        self._pool = WorkerPool(self, workers)
-        self._scheduler = Scheduler(self)
-        self._next_housekeeping = self._next_sweep = 0.0
+            registry.live[key] = self
+            registry.set_latest(self)
+        self._pool = WorkerPool(self.state, workers)
+        self._scheduler = Scheduler(self.state)
         if start:
             self.start()
+
+    @property
+    def store(self):
+        return self.state.store
+
+    @property
+    def lease(self):
+        return self.state.lease
+
+    @property
+    def max_recoveries(self):
+        return self.state.max_recoveries
+
+    @property
+    def output_limit(self):
+        return self.state.output_limit
+
+    @property
+    def worker_id(self):
+        return self.state.worker_id
+
+    @property
+    def _tasks(self):
+        return self.state.tasks
 
     def __repr__(self):
         state = "closed" if self._closed else f"{self._pool.size} workers"
@@ -121,8 +134,7 @@ class Queue:
 
     @workers.setter
     def workers(self, n):
-        if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 0:
-            raise ValueError(f"workers={n!r}: give a whole number >= 0")
+        check_count(n, "workers")
         self._check_open()
         self._pool.resize(int(n))
 
@@ -131,14 +143,14 @@ class Queue:
         ``wait``). With ``cancel_pending``, tasks still waiting are cancelled;
         otherwise they stay in the store for the next Queue on it. Results stay
         readable. Submitting afterwards raises QueueClosed."""
-        with _registry_lock:
-            if _live.get(self._key) is self:
-                del _live[self._key]
+        with registry.lock:
+            if registry.live.get(self._key) is self:
+                del registry.live[self._key]
         if self._closed:
             return
         self._closed = True
         if cancel_pending:
-            for rec in self.store.list(status=(PENDING,) + tuple(WAITING)):
+            for rec in self.store.page(status=(PENDING, *WAITING), limit=None):
                 self.cancel(rec.id)
         self._scheduler.stop(wait)
         self._pool.stop(wait)
@@ -152,7 +164,7 @@ class Queue:
         self.shutdown(wait=True)
 
     def _hand_over(self, successor):
-        # Called with _registry_lock held, by the Queue that replaces this one.
+        # Called with registry.lock held, by the Queue that replaces this one.
         self._successor = successor
         self._closed = True
         self._scheduler.stop(wait=False, release=False)  # the successor holds the same lock id
@@ -171,21 +183,27 @@ class Queue:
 
     # ---- tasks ---------------------------------------------------------
     def task(self, func=None, *, retries=0, retry_delay=0.0, retry_backoff=1.0, retry_on=None,
-             timeout=None, priority=0, name=None, expires=None):
+             timeout=None, priority=0, name=None, expires=None, cache=False):
         """Register ``func`` as a task: ``@q.task`` or ``@q.task(retries=3, ...)``.
 
+        ``cache=True`` (or a timedelta: an age limit) memoizes it: a call with the
+        same function code and arguments as an earlier successful one gets that
+        value without running (``r.cached`` is True), also after a restart.
         Registering a task under a name that exists replaces it (re-running the
         cell that defines it). Raises TypeError for a non-callable and
         ValueError/TypeError for bad options.
         """
         options = make_options(retries, retry_delay, retry_backoff, retry_on, timeout,
-                                priority, expires)
+                                priority, expires, cache)
         if name is not None and (not isinstance(name, str) or not name):
             raise ValueError(f"name={name!r}: give a non-empty string")
 
         def register(fn):
+            if isinstance(fn, PeriodicJob):
+                raise TypeError(f"@q.task on the periodic job {fn.name!r}: a function can be "
+                                "one task or one periodic job; decorate the def once")
             wrapper = TaskFunction(self, fn, name, options)
-            self._tasks[wrapper.name] = wrapper
+            self.state.tasks[wrapper.name] = wrapper
             return wrapper
 
         if func is None:
@@ -196,7 +214,7 @@ class Queue:
 
     def periodic(self, cron=None, *, every=None, name=None, timezone=None, retries=0,
                  retry_delay=0.0, retry_backoff=1.0, retry_on=None, timeout=None, priority=0,
-                 overlap=False, catch_up=False):
+                 overlap=False, catch_up=False, keep=100):
         """Run the decorated function (no arguments) on a schedule; returns a PeriodicJob.
 
         ``cron``: a cron line (croniter syntax; 6 fields put seconds first) or a
@@ -205,15 +223,19 @@ class Queue:
         start a tick while the previous run still runs (default: skip it and
         count the skip). ``catch_up``: after a pause or a stopped kernel, run
         once for the missed ticks (default: not at all). Re-defining a job of
-        the same name replaces it. A bad cron line, interval or timezone raises
-        ValueError here, at decoration.
+        the same name replaces it. ``keep``: how many finished runs stay. A bad
+        cron line, interval or timezone raises ValueError here, at decoration.
         """
         schedule = make_schedule(cron, every, timezone)
+        check_count(keep, "keep", minimum=1, hint="finished runs")
         options = dict(retries=retries, retry_delay=retry_delay, retry_backoff=retry_backoff,
                        retry_on=retry_on, timeout=timeout, priority=priority, name=name)
         self.task(**options)  # validates the options now, before any function is given
 
         def register(fn):
+            if isinstance(fn, (PeriodicJob, TaskFunction)):
+                raise TypeError(f"@q.periodic on {fn!r}: stack no decorators; one function is "
+                                "one periodic job (define a second function for a second schedule)")
             try:
                 inspect.signature(fn).bind()
             except TypeError:
@@ -222,7 +244,8 @@ class Queue:
             except ValueError:
                 pass  # no signature to read (a builtin): let it run
             task = self.task(fn, **options)
-            return define_job(self._live_queue(), task, schedule, bool(overlap), bool(catch_up))
+            return define_job(self._live_queue(), task, schedule, bool(overlap), bool(catch_up),
+                              int(keep))
 
         if callable(cron) and not isinstance(cron, str) and every is None and not hasattr(cron, "line"):
             raise TypeError("@q.periodic needs a schedule: @q.periodic('*/15 * * * *') or "
@@ -235,28 +258,13 @@ class Queue:
 
     def periodic_jobs(self):
         """Handles of every periodic job in the store, by name."""
-        return [PeriodicJob(self, name, self._tasks.get(name))
+        return [PeriodicJob(self, name, self.state.tasks.get(name))
                 for name in sorted(self.store.jobs())]
 
     def dashboard(self):
         """A live table of this queue's tasks and jobs (text outside a kernel)."""
-        from .widgets import Dashboard
+        from .ui.widgets import Dashboard
         return Dashboard(self)
-
-    def _job_payload(self, task):
-        call = (task.func, (), {}, task.options.retry_on)
-        return serializer.encode_call(task.name, *call) if self.store.serializes else call
-
-    def _job_run_record(self, job, due):
-        """A pending run of periodic ``job`` for its tick ``due``."""
-        task_id = new_task_id()
-        live = self._tasks.get(job.name)
-        if self.store.serializes and live is not None:
-            self._local_calls[task_id] = (live.func, (), {}, live.options.retry_on)
-        return TaskRecord(id=task_id, name=job.name, status=PENDING, priority=job.priority,
-                          created_at=time.time(), eta=due, retries=job.retries,
-                          retry_delay=job.retry_delay, retry_backoff=job.retry_backoff,
-                          timeout=job.timeout, payload=job.payload)
 
     def enqueue(self, job):
         """Enqueue a Signature (returns its Result) or a Pipeline (returns a ResultGroup
@@ -270,7 +278,11 @@ class Queue:
     def _submit(self, task, args, kwargs, eta=None, priority=None, expires=None):
         q = self._live_queue()
         rec = q._record(task, args, kwargs, eta, priority, expires)
-        q.store.add([rec])
+        try:
+            q.store.add([rec])
+        except BaseException:
+            q.state.forget(rec.id)
+            raise
         return Result._new(rec.id, q)
 
     def _submit_many(self, sigs, chain=False):
@@ -288,7 +300,7 @@ class Queue:
             q.store.add(records)
         except BaseException:
             for rec in records:
-                q._local_calls.pop(rec.id, None)
+                q.state.forget(rec.id)
             raise
         return ResultGroup(Result._new(rec.id, q) for rec in records)
 
@@ -296,15 +308,17 @@ class Queue:
         opts = task.options
         now = time.time()
         task_id = new_task_id()
+        state = self.state
         call = (task.func, args, kwargs, opts.retry_on)
-        if self.store.serializes:
+        cache_key = task.cache_key(args, kwargs) if opts.cache else None
+        if state.store.serializes:
             payload = serializer.encode_call(task.name, *call)  # TypeError names the bad argument
-            self._local_calls[task_id] = call                  # in-process workers use live objects
+            state.calls[task_id] = call                        # in-process workers use live objects
         else:
             payload = call
-        parent = context.submit_parent()
+        parent = capture.submit_parent()
         if parent is not None:
-            self._parents[task_id] = parent
+            state.parents[task_id] = parent
         if status is None:
             status = SCHEDULED if eta is not None and eta > now else PENDING
         return TaskRecord(
@@ -313,35 +327,31 @@ class Queue:
             created_at=now, eta=eta if status == SCHEDULED else None,
             expires_at=expires_at(opts.expires if expires is None else expires, now),
             retries=opts.retries, retry_delay=opts.retry_delay, retry_backoff=opts.retry_backoff,
-            timeout=opts.timeout, payload=payload)
-
-    def _resolve_call(self, rec):
-        # Kept (not popped) until the task finishes, so a retry calls the same live objects.
-        call = self._local_calls.get(rec.id)
-        if call is not None:
-            return call
-        if self.store.serializes:
-            return serializer.decode_call(rec.payload)
-        return rec.payload
+            timeout=opts.timeout, payload=payload, cache_key=cache_key)
 
     # ---- results -------------------------------------------------------
     def result(self, task_id):
         """A Result for ``task_id``, also one submitted by another process or before a
-        restart. Raises TaskNotFound if the store has no such task."""
+        restart. Raises TaskNotFound if the store has no such task (never submitted,
+        purged, or dropped by retention), TypeError if ``task_id`` is not a string."""
         return Result(task_id, self)
 
-    def tasks(self, status=None, name=None, limit=None):
-        """Results of the tasks in the store, oldest first; ``status`` is a state or a
-        list of states, ``limit`` keeps the newest ``limit``."""
-        statuses = (status,) if isinstance(status, str) else status
-        for s in statuses or ():
-            if s not in STATES:
-                raise ValueError(f"unknown status {s!r}; the states are: {', '.join(STATES)}")
-        if limit is not None and (not isinstance(limit, numbers.Integral) or limit < 0):
-            raise ValueError(f"limit={limit!r}: give a whole number >= 0")
+    def tasks(self, status=None, name=None, limit=None, offset=0):
+        """One page of the store's tasks, through an index: skip the ``offset`` newest,
+        take the next ``limit`` (None: all the rest), and list them oldest first.
+        ``status`` is a state or a list of states. Raises ValueError for a bad one."""
+        statuses = None if status is None else check_states(status)
+        if limit is not None:
+            check_count(limit, "limit")
+        check_count(offset, "offset")
         if limit == 0:
             return []
-        return [Result._new(rec.id, self) for rec in self.store.list(statuses, name, limit)]
+        page = self.store.page(statuses, name, limit, offset)
+        return [Result._new(rec.id, self) for rec in reversed(page)]
+
+    def counts(self):
+        """``{state: number of tasks}`` for every state (kept by the store as tasks move)."""
+        return self.store.counts()
 
     def pending(self):
         return self.tasks(status=PENDING)
@@ -354,84 +364,26 @@ class Queue:
         """Delete finished tasks' records (all finished states unless ``status`` says),
         those finished more than ``older_than`` (seconds or timedelta) ago. Returns
         how many were deleted. Pending and running tasks are never purged."""
-        statuses = tuple(FINISHED) if status is None else (
-            (status,) if isinstance(status, str) else tuple(status))
+        statuses = tuple(FINISHED) if status is None else check_states(status, "status")
         for s in statuses:
             if s not in FINISHED:
                 raise ValueError(f"purge(status={s!r}): only finished tasks can be purged "
                                  f"({', '.join(sorted(FINISHED))}); cancel waiting tasks first")
-        if isinstance(older_than, datetime.timedelta):
-            older_than = older_than.total_seconds()
+        if older_than is not None:
+            older_than = check_seconds(older_than, "older_than")
         return self.store.purge(older_than, statuses)
+
+    def cache_clear(self):
+        """Empty the memo cache of ``@q.task(cache=...)`` tasks. Returns how many
+        values were dropped."""
+        return self.state.memo_cache().clear()
 
     def cancel(self, task_id):
         """Cancel a task by id (see ``Result.cancel``). Raises TaskNotFound."""
         ok = self.store.cancel(task_id)
-        ctx = self._running.get(task_id)
+        ctx = self.state.running.get(task_id)
         if ctx is not None:
             ctx.request_cancel()
-        if ok:
-            rec = self.store.get(task_id)
-            if rec is not None and rec.status in FINISHED:
-                self._task_finished(task_id)
+        if ok and self.store.status(task_id) in FINISHED:
+            self.state.task_finished(task_id)
         return ok
-
-    def _outcome(self, rec):
-        """The value of a finished record, or raise what ``Result.get`` raises."""
-        if rec.status == "succeeded":
-            return self._decode_value(rec.result)
-        if rec.status == "cancelled":
-            raise cancelled_error(rec)
-        err = rec.error or {"type": "unknown", "message": "", "traceback": ""}
-        exc = serializer.exception_from(err, self.store.serializes)
-        raise TaskException(err["type"], err["message"], err.get("traceback", ""), exc, rec.id)
-
-    def _decode_value(self, value):
-        return serializer.loads(value) if self.store.serializes else value
-
-    # ---- callbacks and housekeeping ------------------------------------
-    def _add_done_callback(self, result, fn):
-        with self._lock:
-            if not result.done():
-                self._callbacks.setdefault(result.id, []).append(fn)
-                return
-        self._call(fn, result)
-
-    def _task_finished(self, task_id):
-        self._local_calls.pop(task_id, None)
-        self._parents.pop(task_id, None)
-        with self._lock:
-            fns = self._callbacks.pop(task_id, ())
-        for fn in fns:
-            self._call(fn, Result._new(task_id, self))
-
-    def _call(self, fn, result):
-        try:
-            fn(result)
-        except Exception:
-            self._log(f"done callback {fn!r} for task {result.id} raised", sys.exc_info())
-
-    def _housekeeping(self, now=None):
-        """From the heartbeat: every few seconds fire callbacks of tasks that finished
-        elsewhere and purge expired records; every half minute drop the live calls
-        of tasks another process ran (one store read each, so not more often)."""
-        now = time.monotonic() if now is None else now
-        if now < self._next_housekeeping:
-            return
-        self._next_housekeeping = now + 2.0
-        for task_id in list(self._callbacks):
-            rec = self.store.get(task_id)
-            if rec is None or rec.status in FINISHED:
-                self._task_finished(task_id)
-        if now >= self._next_sweep:
-            self._next_sweep = now + 30.0
-            for task_id in set(self._local_calls) | set(self._parents):
-                rec = self.store.get(task_id)
-                if rec is None or rec.status in FINISHED:
-                    self._task_finished(task_id)
-        self.store.purge_expired()
-
-    def _log(self, what, exc_info):
-        # Errors of nbqueue itself, never of user tasks (those go to the record).
-        sys.__stderr__.write(f"nbqueue [{self.name}]: {what}\n"
-                             + "".join(traceback.format_exception(*exc_info)))

@@ -10,32 +10,9 @@ import datetime
 import time
 from collections import Counter, namedtuple
 
-from .exceptions import TaskCancelled, TaskException, TaskNotFound
-
-# ---- the state machine ------------------------------------------------------
-PENDING = "pending"
-SCHEDULED = "scheduled"
-RUNNING = "running"
-RETRYING = "retrying"
-SUCCEEDED = "succeeded"
-FAILED = "failed"
-CANCELLED = "cancelled"
-
-STATES = (PENDING, SCHEDULED, RUNNING, RETRYING, SUCCEEDED, FAILED, CANCELLED)
-FINISHED = frozenset((SUCCEEDED, FAILED, CANCELLED))
-WAITING = frozenset((SCHEDULED, RETRYING))   # held back until an eta (or a pipeline parent)
-
-TRANSITIONS = {
-    PENDING: frozenset((RUNNING, CANCELLED)),
-    SCHEDULED: frozenset((PENDING, CANCELLED)),
-    # running -> pending: the worker died (lease expired) or RetryTask without delay
-    RUNNING: frozenset((SUCCEEDED, FAILED, RETRYING, CANCELLED, PENDING)),
-    RETRYING: frozenset((PENDING, CANCELLED)),
-    SUCCEEDED: frozenset(),
-    FAILED: frozenset(),
-    CANCELLED: frozenset(),
-}
-
+from .exceptions import TaskException, TaskNotFound
+from .registry import latest_queue
+from .states import CANCELLED, FAILED, FINISHED, RUNNING, STATES
 
 class Progress(namedtuple("Progress", "done total message")):
     """A task's last reported progress. ``fraction`` is None without a total."""
@@ -67,8 +44,10 @@ class Result:
     __slots__ = ("id", "queue", "__weakref__")
 
     def __init__(self, task_id, queue=None):
+        if not isinstance(task_id, str) or not task_id:
+            raise TypeError(f"Result(task_id={task_id!r}): a task id is a string like "
+                            "r.id gives ('3f2a...')")
         if queue is None:
-            from .queue import latest_queue
             queue = latest_queue()
         self.id = task_id
         self.queue = queue
@@ -82,8 +61,8 @@ class Result:
         self.queue = queue
         return self
 
-    def _record(self):
-        rec = self.queue.store.get(self.id)
+    def _record(self, load=()):
+        rec = self.queue.store.get(self.id, load)
         if rec is None:
             raise TaskNotFound(
                 f"no task {self.id!r} in queue {self.queue.name!r} (never submitted, or purged)")
@@ -96,7 +75,10 @@ class Result:
 
     @property
     def status(self):
-        return self._record().status
+        status = self.queue.store.status(self.id)
+        if status is None:
+            self._record()  # raises TaskNotFound
+        return status
 
     @property
     def attempts(self):
@@ -126,7 +108,7 @@ class Result:
     @property
     def output(self):
         """Captured stdout and stderr of the task (the last ``output_limit`` characters)."""
-        return self._record().output
+        return self._record(("output",)).output or ""
 
     @property
     def traceback(self):
@@ -134,16 +116,21 @@ class Result:
         err = self._record().error
         return err.get("traceback") if err else None
 
+    @property
+    def cached(self):
+        """True if the value came from the memo cache (``@q.task(cache=True)``)."""
+        return self._record().cached
+
     def is_ready(self):
-        return self._record().status in FINISHED
+        return self.status in FINISHED
 
     done = is_ready
 
     def running(self):
-        return self._record().status == RUNNING
+        return self.status == RUNNING
 
     def cancelled(self):
-        return self._record().status == CANCELLED
+        return self.status == CANCELLED
 
     # ---- waiting -----------------------------------------------------
     def wait(self, timeout=None):
@@ -162,10 +149,10 @@ class Result:
             raise TimeoutError(
                 f"task {self.id} ({self.name}) still {self.status} after {timeout}s; "
                 "call get() again to keep waiting")
-        rec = self._record()
+        rec = self._record(("result",))
         if rec.status not in FINISHED:
             return None
-        return self.queue._outcome(rec)
+        return self.queue.state.outcome(rec)
 
     __call__ = get
 
@@ -191,7 +178,7 @@ class Result:
 
     def add_done_callback(self, fn):
         """Call ``fn(result)`` once the task has finished (at once if it has)."""
-        self.queue._add_done_callback(self, fn)
+        self.queue.state.add_done_callback(self, fn)
 
     # ---- display -----------------------------------------------------
     def __eq__(self, other):
@@ -216,8 +203,10 @@ class Result:
         p.text(repr(self))
 
     def _repr_mimebundle_(self, include=None, exclude=None):
-        from .widgets import mimebundle
+        from .ui.widgets import mimebundle
         return mimebundle(self, repr(self))
+
+    _nbqueue_view_ = "task"  # what the widgets show it as (they import no class)
 
 
 class ResultGroup:
@@ -291,10 +280,7 @@ class ResultGroup:
         p.text(repr(self))
 
     def _repr_mimebundle_(self, include=None, exclude=None):
-        from .widgets import mimebundle
+        from .ui.widgets import mimebundle
         return mimebundle(self, repr(self))
 
-
-def cancelled_error(rec):
-    return TaskCancelled(f"task {rec.id} ({rec.name}) was cancelled"
-                         + (f": {rec.message}" if rec.message and rec.message != "cancelled" else ""))
+    _nbqueue_view_ = "group"

@@ -49,6 +49,23 @@ def _check(obj, what):
             "which keeps arguments by reference.") from err
 
 
+def code_fingerprint(func):
+    """Bytes that change when ``func``'s code changes, and only then: its bytecode,
+    constants (nested functions included) and names, not its file or line numbers
+    (a notebook cell's file name changes each time it runs)."""
+    code = getattr(func, "__code__", None)
+    if code is None:  # a builtin or a callable object: its qualified name
+        return repr((getattr(func, "__module__", None), getattr(func, "__qualname__", repr(func)))).encode()
+    return _code_bytes(code)
+
+
+def _code_bytes(code):
+    parts = [code.co_code, repr(code.co_names).encode(), repr(code.co_varnames).encode()]
+    for const in code.co_consts:
+        parts.append(_code_bytes(const) if hasattr(const, "co_code") else repr(const).encode())
+    return b"\0".join(parts)
+
+
 def decode_call(payload):
     return loads(payload)
 

@@ -3,10 +3,14 @@
 import dataclasses
 import datetime
 import functools
+import hashlib
 import inspect
-import numbers
 import time
 from typing import Optional
+
+from .serializer import code_fingerprint, dumps
+from .validation import (HORIZON, check_count, check_number, check_priority, check_seconds,
+                         check_timestamp)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -18,32 +22,15 @@ class TaskOptions:
     timeout: Optional[float] = None
     priority: int = 0
     expires: object = None  # seconds, timedelta or datetime; see ``expires_at``
-
-
-def _seconds(value, what, allow_none=True, minimum=0.0, strict=False):
-    if value is None and allow_none:
-        return None
-    if isinstance(value, datetime.timedelta):
-        value = value.total_seconds()
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{what} must be a number of seconds or a timedelta, not {value!r}")
-    if value < minimum or (strict and value == minimum):
-        bound = f"> {minimum:g}" if strict else f">= {minimum:g}"
-        raise ValueError(f"{what}={value!r}: must be {bound} seconds")
-    return float(value)
+    cache: Optional[float] = None  # memoized: max age in seconds (inf: no limit); None: off
 
 
 def make_options(retries=0, retry_delay=0.0, retry_backoff=1.0, retry_on=None, timeout=None,
-                 priority=0, expires=None):
+                 priority=0, expires=None, cache=False):
     """Validated TaskOptions. Raises ValueError/TypeError saying what to pass instead."""
-    if isinstance(retries, bool) or not isinstance(retries, numbers.Integral):
-        raise TypeError(f"retries must be a whole number, not {retries!r}")
-    if retries < 0:
-        raise ValueError(f"retries={retries}: must be >= 0 (0 means no retries)")
-    retry_delay = _seconds(retry_delay, "retry_delay", allow_none=False)
-    if isinstance(retry_backoff, bool) or not isinstance(retry_backoff, numbers.Real) or retry_backoff < 1:
-        raise ValueError(f"retry_backoff={retry_backoff!r}: must be a number >= 1 "
-                         "(1 keeps the delay, 2 doubles it each retry)")
+    check_count(retries, "retries", hint="(0 means no retries)")
+    retry_delay = check_seconds(retry_delay, "retry_delay", maximum=30 * 86400.0)
+    retry_backoff = check_number(retry_backoff, "retry_backoff", minimum=1.0, maximum=100.0)
     if retry_on is None:
         retry_on = (Exception,)
     elif isinstance(retry_on, type):
@@ -53,40 +40,40 @@ def make_options(retries=0, retry_delay=0.0, retry_backoff=1.0, retry_on=None, t
     for cls in retry_on:
         if not (isinstance(cls, type) and issubclass(cls, BaseException)):
             raise TypeError(f"retry_on must hold exception classes, not {cls!r}")
-    timeout = _seconds(timeout, "timeout", strict=True)
-    if isinstance(priority, bool) or not isinstance(priority, numbers.Integral):
-        raise TypeError(f"priority must be a whole number (higher runs first), not {priority!r}")
+    if timeout is not None:
+        timeout = check_seconds(timeout, "timeout", strict=True)
+    check_priority(priority)
     if expires is not None and not isinstance(expires, datetime.datetime):
-        _seconds(expires, "expires", strict=True)
-    return TaskOptions(int(retries), retry_delay, float(retry_backoff), retry_on, timeout,
-                       int(priority), expires)
-
-
-def to_timestamp(when, what="eta"):
-    """A ``time.time()`` float from a datetime (naive means local time) or a float."""
-    if isinstance(when, datetime.datetime):
-        return when.timestamp()
-    if isinstance(when, numbers.Real) and not isinstance(when, bool):
-        return float(when)
-    raise TypeError(f"{what} must be a datetime, not {when!r}")
+        check_seconds(expires, "expires", strict=True)
+    if cache is True:
+        cache = float("inf")
+    elif cache is False or cache is None:
+        cache = None
+    else:
+        cache = check_seconds(cache, "cache", strict=True)
+    return TaskOptions(int(retries), retry_delay, retry_backoff, retry_on, timeout,
+                       int(priority), expires, cache)
 
 
 def expires_at(expires, now):
+    """The ``time.time()`` at which a task expires, from seconds, a timedelta or a
+    datetime. Raises TypeError/ValueError for anything else."""
     if expires is None:
         return None
     if isinstance(expires, datetime.datetime):
-        return expires.timestamp()
-    return now + _seconds(expires, "expires", strict=True)
+        return check_timestamp(expires, "expires", now)
+    return now + check_seconds(expires, "expires", strict=True)
 
 
 def eta_from(delay, eta, now):
-    """The eta for ``schedule(delay=|eta=)``: one of them, or neither (run now)."""
+    """The eta for ``schedule(delay=|eta=)``: one of them, or neither (run now).
+    Raises TypeError/ValueError for a bad one (NaN, infinite, past 100 years)."""
     if delay is not None and eta is not None:
         raise ValueError("give delay= or eta=, not both")
     if delay is not None:
-        return now + _seconds(delay, "delay", allow_none=False)
+        return now + check_seconds(delay, "delay", maximum=HORIZON)
     if eta is not None:
-        return to_timestamp(eta)
+        return check_timestamp(eta, "eta", now)
     return None
 
 
@@ -120,13 +107,34 @@ class TaskFunction:
 
     def schedule(self, args=(), kwargs=None, delay=None, eta=None, priority=None, expires=None):
         """Enqueue a run after ``delay`` seconds (or timedelta), or at ``eta`` (a datetime;
-        naive means local time). Huey's form; returns a Result that is ``scheduled``."""
+        naive means local time). Huey's form; returns a Result that is ``scheduled``.
+        Every argument is checked before anything is stored (TypeError/ValueError)."""
         if not isinstance(args, (tuple, list)):
             raise TypeError(f"schedule(args=...) takes a tuple of arguments, not {args!r}; "
                             "write args=(x,) for one argument")
-        return self.queue._submit(self, tuple(args), dict(kwargs or {}),
-                                  eta=eta_from(delay, eta, time.time()),
+        if kwargs is not None and not isinstance(kwargs, dict):
+            raise TypeError(f"schedule(kwargs=...) takes a dict, not {kwargs!r}")
+        now = time.time()
+        when = eta_from(delay, eta, now)
+        if priority is not None:
+            check_priority(priority)
+        if expires is not None:
+            expires_at(expires, now)  # validates
+        return self.queue._submit(self, tuple(args), dict(kwargs or {}), eta=when,
                                   priority=priority, expires=expires)
+
+    def cache_key(self, args, kwargs):
+        """The memo key of a call: the task's name, its function's code (not where it
+        was defined, so re-running the same cell hits) and its arguments.
+        Raises TypeError if the arguments cannot be pickled."""
+        h = hashlib.sha256(self.name.encode())
+        h.update(code_fingerprint(self.func))
+        try:
+            h.update(dumps((args, sorted(kwargs.items()))))
+        except Exception as err:
+            raise TypeError(f"{self.name}(cache=...): the arguments must be picklable to be "
+                            f"a memo key ({type(err).__name__}: {err})") from err
+        return h.hexdigest()
 
     def call_local(self, *args, **kwargs):
         """Run the function here, synchronously, as a plain call (no queue, no record)."""

@@ -17,8 +17,8 @@ import pytest
 
 import nbqueue
 from nbqueue import crontab
-from nbqueue.scheduler import next_tick, plan_tick
-from nbqueue.storage import JobRecord
+from nbqueue.schedules import next_tick, plan_tick
+from nbqueue.records import JobRecord
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PARIS = ZoneInfo("Europe/Paris")

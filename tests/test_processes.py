@@ -133,8 +133,8 @@ def test_processes_never_claim_the_same_task(tmp_path):
         rs = noop.map(range(300))
         code = """
             import sys, nbqueue
-            from nbqueue.storage.disk import DiskStorage
-            s = DiskStorage(sys.argv[1], "race")
+            from nbqueue.storage.sqlite import SqliteStorage
+            s = SqliteStorage(sys.argv[1], "race")
             got = []
             while True:
                 rec = s.claim(sys.argv[2], 30)

@@ -12,8 +12,8 @@ import time
 import pytest
 
 import nbqueue
-from nbqueue.context import FLUSH_INTERVAL
-from nbqueue.widgets import Dashboard, mimebundle, widgets_available
+from nbqueue.runtime.context import FLUSH_INTERVAL
+from nbqueue.ui.widgets import Dashboard, mimebundle, widgets_available
 
 from conftest import gate, new_gate_key
 

@@ -1,11 +1,31 @@
 """In-process storage: records are Python objects, arguments and values are kept by
-reference (nothing is pickled, so unpicklable arguments work). Lost with the process."""
+reference (nothing is pickled, so unpicklable arguments work). Lost with the process.
 
+Everything is guarded by one lock, and every read hands out a copy. Indexes:
+
+- ``_ready``: a heap of ``(-priority, qseq, id)``; ``_etas``: a heap of
+  ``(eta, seq, id)``; ``_finished`` and ``_expiries``: heaps for retention.
+  Heaps are cleaned lazily: an entry whose record moved on is skipped when met.
+- ``_by_status`` / ``_by_name``: sorted lists of ``seq`` (``bisect``), so a page
+  or a count never walks the history; ``_counts`` is kept as records move.
+- ``_running``: the claimed tasks (as many as there are busy workers).
+"""
+
+import bisect
 import heapq
 import itertools
 import threading
+import time
+from collections import Counter
 
-from .base import Storage
+from ..exceptions import InvalidStateError, WorkerLost
+from ..records import PROGRESS_FIELDS
+from ..serializer import describe_exception
+from ..states import FINISHED, PENDING, RUNNING, STATES, TRANSITIONS, WAITING, check_states
+from .base import Storage, check_job_fields, check_load, not_found
+
+FRONT = -(1 << 62)   # qseq of recovered tasks: ahead of every normal one
+ALIVE_RECHECK = 5.0  # a live holder's lapsed claim is extended by this, then checked again
 
 
 class MemoryStorage(Storage):
@@ -15,72 +35,434 @@ class MemoryStorage(Storage):
     def __init__(self):
         super().__init__()
         self._mutex = threading.Lock()
-        self._records = {}
-        self._queue = []                 # heap of (-priority, seq, task_id)
-        self._seq = itertools.count()
-        self._eta_map = {}
-        self._lease_map = {}
+        self._records = {}                   # id -> record, in seq order (dicts keep it)
+        self._by_seq = {}                    # seq -> id
+        self._by_status = {s: [] for s in STATES}
+        self._by_name = {}
+        self._counts = Counter()
+        self._ready = []
+        self._etas = []
+        self._finished = []                  # (finished_at, seq, id)
+        self._expiries = []                  # (expires_at, seq, id)
+        self._expire_later = set()           # expired while unfinished: dropped once finished
+        self._running = {}
+        self._seq = itertools.count(1)
+        self._front = itertools.count(FRONT)
         self._job_map = {}
-        self._expiry_map = {}
-        self._lock_holder = None
+        self._lock_state = None
 
     def __repr__(self):
         return "MemoryStorage()"
 
-    def _txn(self):
-        return self._mutex
-
-    def get(self, task_id):
-        # The live record: the worker sets the outcome fields before the status,
-        # so a reader that sees a finished status also sees its outcome.
-        return self._records.get(task_id)
-
-    _load = get
-
-    def _save(self, rec):
+    # ---- indexes (called with the lock held) ------------------------------
+    def _index(self, rec):
         self._records[rec.id] = rec
+        self._by_seq[rec.seq] = rec.id
+        self._by_status[rec.status].append(rec.seq)   # seq only grows: stays sorted
+        self._by_name.setdefault(rec.name, []).append(rec.seq)
+        self._counts[rec.status] += 1
+        if rec.expires_at is not None:
+            heapq.heappush(self._expiries, (rec.expires_at, rec.seq, rec.id))
+        self._queue(rec)
 
-    def _remove(self, task_id):
-        del self._records[task_id]
+    def _queue(self, rec, front=False):
+        if rec.status == PENDING:
+            qseq = next(self._front) if front else rec.seq
+            heapq.heappush(self._ready, (-rec.priority, qseq, rec.id))
+        elif rec.status in WAITING and rec.eta is not None:
+            heapq.heappush(self._etas, (rec.eta, rec.seq, rec.id))
+        elif rec.status == RUNNING:
+            self._running[rec.id] = rec
+        elif rec.status in FINISHED:
+            heapq.heappush(self._finished, (rec.finished_at, rec.seq, rec.id))
 
-    def _push(self, rec):
-        heapq.heappush(self._queue, (-rec.priority, next(self._seq), rec.id))
+    def _moved(self, rec, old, front=False):
+        """Re-index ``rec`` after its state went from ``old`` to ``rec.status``
+        (``front``: a recovered task, ready before the others of its priority)."""
+        if old == rec.status:
+            return
+        _remove_sorted(self._by_status[old], rec.seq)
+        bisect.insort(self._by_status[rec.status], rec.seq)
+        self._counts[old] -= 1
+        self._counts[rec.status] += 1
+        if old == RUNNING:
+            self._running.pop(rec.id, None)
+        self._queue(rec, front)
 
-    def _pop(self):
-        return heapq.heappop(self._queue)[2] if self._queue else None
+    def _drop(self, rec):
+        del self._records[rec.id]
+        del self._by_seq[rec.seq]
+        _remove_sorted(self._by_status[rec.status], rec.seq)
+        names = self._by_name[rec.name]
+        _remove_sorted(names, rec.seq)
+        if not names:
+            del self._by_name[rec.name]
+        self._counts[rec.status] -= 1
+        self._expire_later.discard(rec.id)
 
-    def _maybe_pending(self):
-        return bool(self._queue)
+    def _after_finish(self, rec):
+        """Pipeline: promote or cancel the steps after a finished ``rec``.
+        Returns how many became pending (0 or 1)."""
+        move = rec.successor_move()
+        child = self._records.get(rec.next_id) if move else None
+        if move == "promote":
+            if child is None or not child.promotable_successor():
+                return 0
+            old = child.status
+            child.promote(rec.result, True)
+            self._moved(child, old)
+            return 1
+        while child is not None:  # a failed or cancelled step cancels every later one
+            old = child.status
+            if not child.cancel_as_successor(rec, rec.finished_at):
+                break
+            self._moved(child, old)
+            child = self._records.get(child.next_id) if child.next_id else None
+        return 0
 
-    def _etas(self):
-        return self._eta_map
+    def _claim_locked(self, worker, lease, now):
+        ready = self._ready
+        while ready:
+            task_id = heapq.heappop(ready)[2]
+            rec = self._records.get(task_id)
+            if rec is None or rec.status != PENDING:
+                continue  # cancelled or purged while queued
+            if rec.expires_at is not None and rec.expires_at <= now:
+                rec.cancel(now, "expired before it started")
+                self._moved(rec, PENDING)
+                self._after_finish(rec)
+                continue
+            rec.start(worker, now + lease, now)
+            self._moved(rec, PENDING)
+            return rec.copy()
+        return None
 
-    def _put_etas(self, etas):
-        self._eta_map = etas
+    # ---- tasks ---------------------------------------------------------
+    def add(self, records):
+        records = list(records)
+        with self._mutex:
+            ids = set()
+            for rec in records:
+                rec.check_new()
+                if rec.id in self._records or rec.id in ids:
+                    raise ValueError(f"task id {rec.id!r} is already in the store")
+                ids.add(rec.id)
+            ready = waiting = 0
+            for rec in records:  # kept as given: the caller hands them over
+                rec.seq = next(self._seq)
+                self._index(rec)
+                ready += rec.status == PENDING
+                waiting += rec.eta is not None
+        if ready:
+            self.notify_work(ready)
+        if waiting:
+            self.notify_eta()
 
-    def _leases(self):
-        return self._lease_map
+    def claim(self, worker, lease, now=None):
+        if not self._ready:
+            return None  # an idle look costs no lock
+        now = time.time() if now is None else now
+        with self._mutex:
+            before = self._counts["cancelled"]
+            rec = self._claim_locked(worker, lease, now)
+            ended = self._counts["cancelled"] != before
+        if ended:
+            self.notify_done()
+        return rec
 
-    def _put_leases(self, leases):
-        self._lease_map = leases
+    def finish_and_claim(self, task_id, worker, status, lease, now=None, **fields):
+        if status not in TRANSITIONS[RUNNING]:  # refuse before touching anything
+            raise InvalidStateError(f"a run cannot end in {status!r}")
+        now = time.time() if now is None else now
+        released = 0
+        with self._mutex:
+            rec = self._records.get(task_id)
+            finished = rec is not None and rec.status == RUNNING and rec.worker == worker
+            if finished:
+                rec.finish(status, now, **fields)  # raises before changing anything
+                self._moved(rec, RUNNING)
+                released = 1 if status == PENDING else self._after_finish(rec)
+            nxt = self._claim_locked(worker, lease, now) if lease is not None else None
+            pipeline = finished and rec.next_id is not None
+        if finished:
+            if status in FINISHED:
+                self.notify_done(None if pipeline else task_id)
+            elif status != PENDING:
+                self.notify_eta()
+            if released:
+                self.notify_work(released)
+        return finished, nxt
 
-    def _ids(self):
-        return list(self._records)
+    def renew(self, task_ids, worker, lease, now=None):
+        now = time.time() if now is None else now
+        held = {}
+        with self._mutex:
+            for task_id in task_ids:
+                rec = self._running.get(task_id)
+                if rec is not None and rec.worker == worker:
+                    rec.lease_until = now + lease
+                    held[task_id] = rec.cancel_requested
+        return held
 
-    def _expiries(self):
-        return self._expiry_map
+    def requeue_expired(self, now=None, max_recoveries=1, alive=None):
+        now = time.time() if now is None else now
+        handled = []
+        with self._mutex:
+            expired = [rec for rec in self._running.values() if rec.lease_until < now]
+        for rec in expired:
+            verdict = alive(rec.worker) if alive is not None else None
+            with self._mutex:
+                if self._running.get(rec.id) is not rec or rec.lease_until >= now:
+                    continue
+                if verdict:  # alive but not renewing (a C call holding the GIL): keep its claim
+                    rec.lease_until = now + ALIVE_RECHECK
+                    continue
+                handled.append(rec.id)
+                why = (f"its worker {rec.worker} died while running it "
+                       f"(lease ended {now - rec.lease_until:.1f}s ago)")
+                if rec.recoveries < max_recoveries:
+                    rec.requeue(f"recovered: {why}")
+                    self._moved(rec, RUNNING, front=True)
+                else:
+                    lost = WorkerLost(f"task {rec.id} ({rec.name}) was lost {rec.recoveries + 1} "
+                                      f"times: {why}; giving up")
+                    rec.fail_lost(now, str(lost), describe_exception(lost, self.serializes))
+                    self._moved(rec, RUNNING)
+                    self._after_finish(rec)
+        if handled:
+            self.notify_work(len(handled))
+            self.notify_done()
+        return handled
 
-    def _put_expiries(self, expiries):
-        self._expiry_map = expiries
+    def promote_due(self, now=None):
+        now = time.time() if now is None else now
+        if not self._etas or self._etas[0][0] > now:
+            return 0
+        moved = 0
+        with self._mutex:
+            etas = self._etas
+            while etas and etas[0][0] <= now:
+                eta, _, task_id = heapq.heappop(etas)
+                rec = self._records.get(task_id)
+                if rec is None or not rec.waiting or rec.eta != eta:
+                    continue  # cancelled, purged or rescheduled meanwhile
+                old = rec.status
+                rec.promote()
+                self._moved(rec, old)
+                moved += 1
+        if moved:
+            self.notify_work(moved)
+        return moved
 
-    def _jobs(self):
-        return self._job_map
+    def next_eta(self):
+        with self._mutex:
+            etas = self._etas
+            while etas:
+                eta, _, task_id = etas[0]
+                rec = self._records.get(task_id)
+                if rec is not None and rec.waiting and rec.eta == eta:
+                    return eta
+                heapq.heappop(etas)
+        return None
 
-    def _put_jobs(self, jobs):
-        self._job_map = jobs
+    def cancel(self, task_id, message="cancelled", now=None):
+        now = time.time() if now is None else now
+        with self._mutex:
+            rec = self._records.get(task_id)
+            if rec is None:
+                raise not_found(task_id)
+            old = rec.status
+            moved = rec.cancel(now, message)
+            if moved is None:
+                return False
+            self._moved(rec, old)
+            if moved != RUNNING:
+                self._after_finish(rec)
+            pipeline = rec.next_id is not None
+        if moved != RUNNING:
+            self.notify_done(None if pipeline else task_id)
+        return True
 
-    def _lock_state(self):
-        return self._lock_holder
+    def get(self, task_id, load=()):
+        check_load(load)
+        with self._mutex:
+            rec = self._records.get(task_id)
+            return None if rec is None else rec.copy()
 
-    def _put_lock_state(self, state):
-        self._lock_holder = state
+    def status(self, task_id):
+        rec = self._records.get(task_id)  # one dict read: atomic under the GIL
+        return None if rec is None else rec.status
+
+    def update(self, task_id, **fields):
+        wrong = set(fields) - PROGRESS_FIELDS
+        if wrong:
+            raise ValueError(f"update() changes progress and output only, not "
+                             f"{', '.join(sorted(wrong))}; states move through the state machine")
+        with self._mutex:
+            rec = self._running.get(task_id)
+            if rec is None:
+                return None
+            for key, value in fields.items():
+                setattr(rec, key, value)
+            return rec.cancel_requested
+
+    def counts(self):
+        with self._mutex:
+            return {s: self._counts[s] for s in STATES}
+
+    def page(self, status=None, name=None, limit=50, offset=0):
+        if status is not None:
+            status = check_states(status)
+        stop = None if limit is None else offset + limit
+        with self._mutex:
+            if name is not None:
+                wanted = None if status is None else set(
+                    (status,) if isinstance(status, str) else status)
+                ids = (self._by_seq[s] for s in reversed(self._by_name.get(name, ())))
+                recs = (self._records[i] for i in ids)
+                if wanted is not None:
+                    recs = (r for r in recs if r.status in wanted)
+            elif status is not None:
+                lists = [self._by_status[s] for s in ((status,) if isinstance(status, str) else status)]
+                seqs = heapq.merge(*(reversed(s) for s in lists), reverse=True)
+                recs = (self._records[self._by_seq[s]] for s in seqs)
+            else:
+                recs = (self._records[i] for i in reversed(self._records))
+            return [r.copy() for r in itertools.islice(recs, offset, stop)]
+
+    def find_prefix(self, prefix, limit=2):
+        with self._mutex:
+            return list(itertools.islice((i for i in self._records if i.startswith(prefix)), limit))
+
+    def purge(self, older_than=None, statuses=None, now=None):
+        now = time.time() if now is None else now
+        statuses = FINISHED if statuses is None else set(statuses) & FINISHED
+        cutoff = None if older_than is None else now - older_than
+        with self._mutex:
+            doomed = [self._records[self._by_seq[s]] for st in statuses for s in self._by_status[st]]
+            doomed = [r for r in doomed if cutoff is None or (r.finished_at or 0) <= cutoff]
+            for rec in doomed:
+                self._drop(rec)
+        return len(doomed)
+
+    def retain(self, keep=None, max_finished=None, now=None):
+        now = time.time() if now is None else now
+        dropped = 0
+        with self._mutex:
+            finished = self._finished
+            total = sum(self._counts[s] for s in FINISHED)
+            while finished:
+                at, _, task_id = finished[0]
+                old = keep is not None and at < now - keep
+                if not old and (max_finished is None or total <= max_finished):
+                    break
+                heapq.heappop(finished)
+                rec = self._records.get(task_id)
+                if rec is not None and rec.finished and rec.finished_at == at:
+                    self._drop(rec)
+                    dropped += 1
+                    total -= 1
+            expiries = self._expiries
+            while expiries and expiries[0][0] <= now:
+                _, _, task_id = heapq.heappop(expiries)
+                self._expire_later.add(task_id)
+            for task_id in list(self._expire_later):
+                rec = self._records.get(task_id)
+                if rec is None:
+                    self._expire_later.discard(task_id)
+                elif rec.finished:
+                    self._drop(rec)
+                    dropped += 1
+        return dropped
+
+    def trim_runs(self, name, keep):
+        with self._mutex:
+            kept, doomed = 0, []
+            for seq in reversed(self._by_name.get(name, ())):
+                rec = self._records[self._by_seq[seq]]
+                if rec.finished:
+                    kept += 1
+                    if kept > keep:
+                        doomed.append(rec)
+            for rec in doomed:
+                self._drop(rec)
+        return len(doomed)
+
+    # ---- periodic jobs and the scheduler lock ----------------------------------
+    def jobs(self):
+        with self._mutex:
+            return {name: job.copy() for name, job in self._job_map.items()}
+
+    def get_job(self, name):
+        with self._mutex:
+            job = self._job_map.get(name)
+            return None if job is None else job.copy()
+
+    def put_job(self, job):
+        with self._mutex:
+            old = self._job_map.get(job.name)
+            if old is not None:
+                job.take_over(old)
+            self._job_map[job.name] = job.copy()
+        self.notify_eta()
+        return job
+
+    def update_job(self, name, **fields):
+        with self._mutex:
+            job = self._job_map.get(name)
+            if job is None:
+                return None
+            check_job_fields(fields)
+            for key, value in fields.items():
+                setattr(job, key, value)
+            job = job.copy()
+        self.notify_eta()
+        return job
+
+    def remove_job(self, name):
+        with self._mutex:
+            found = self._job_map.pop(name, None) is not None
+        if found:
+            self.notify_eta()
+        return found
+
+    def fire_job(self, name, due, next_run, run=None, **increments):
+        with self._mutex:
+            job = self._job_map.get(name)
+            if job is None or (due is not None and job.next_run != due):
+                return False
+            if run is not None:
+                run.check_new()
+                if run.id in self._records:
+                    raise ValueError(f"task id {run.id!r} is already in the store")
+            if due is not None:
+                job.next_run = next_run
+            for key, n in increments.items():
+                setattr(job, key, getattr(job, key) + n)
+            if run is not None:
+                run.seq = next(self._seq)
+                self._index(run)
+                job.last_run_id = run.id
+        if run is not None:
+            self.notify_work()
+        return True
+
+    def hold_lock(self, holder, ttl, now=None):
+        now = time.time() if now is None else now
+        with self._mutex:
+            state = self._lock_state
+            if state is not None and state[0] != holder and state[1] > now:
+                return False
+            self._lock_state = (holder, now + ttl)
+        return True
+
+    def release_lock(self, holder):
+        with self._mutex:
+            if self._lock_state is not None and self._lock_state[0] == holder:
+                self._lock_state = None
+
+
+def _remove_sorted(seqs, seq):
+    i = bisect.bisect_left(seqs, seq)
+    if i < len(seqs) and seqs[i] == seq:
+        del seqs[i]

@@ -15,11 +15,10 @@ Outside a kernel, or without ipywidgets, everything displays as text.
 
 import html
 import sys
-import threading
 import time
-import weakref
 
-from .result import CANCELLED, FAILED, FINISHED, PENDING, RETRYING, RUNNING, SCHEDULED, STATES, SUCCEEDED
+from ..states import CANCELLED, FAILED, FINISHED, PENDING, RETRYING, RUNNING, SCHEDULED, STATES, SUCCEEDED
+from .updater import settle, updater  # noqa: F401 -- settle: for %nbqueue wait
 
 COLOURS = {
     PENDING: "#6c757d", SCHEDULED: "#6f42c1", RUNNING: "#0d6efd", RETRYING: "#fd7e14",
@@ -57,18 +56,22 @@ def mimebundle(obj, text):
 
 
 def view_for(obj):
-    """The (one, shared) live view of a Result, ResultGroup, PeriodicJob or Queue."""
-    from .result import Result, ResultGroup
-    from .scheduler import PeriodicJob
-    if isinstance(obj, Result):
+    """The (one, shared) live view of a Result, ResultGroup, PeriodicJob or Queue,
+    picked by what the object says it is (``_nbqueue_view_``), not by its class."""
+    kind = getattr(obj, "_nbqueue_view_", None)
+    if kind == "task":
         return updater().view(("task", obj.queue.store, obj.id), lambda: TaskView(obj))
-    if isinstance(obj, ResultGroup):
+    if kind == "group":
         return updater().view(("group", id(obj)), lambda: GroupView(obj))
-    if isinstance(obj, PeriodicJob):
+    if kind == "job":
         return updater().view(("job", obj.queue.store, obj.name), lambda: JobView(obj))
     if isinstance(obj, Dashboard):
         return DashboardView(obj.queue)  # each dashboard has its own filter
     raise TypeError(f"nothing to display for {obj!r}")
+
+
+def finished_state(status):
+    return status in FINISHED
 
 
 def _badge(status):
@@ -142,7 +145,7 @@ class TaskView:
 
     def refresh(self, force=False):
         """Copy the record's state into the widgets. Returns False once final."""
-        rec = self.result.queue.store.get(self.result.id)
+        rec = self.result.queue.store.get(self.result.id, ("output",))
         if rec is None:
             self.state.value = _badge("purged")
             return False
@@ -180,15 +183,17 @@ class TaskView:
         if rec.attempts > 1 or rec.retries:
             parts.append(f"attempt {rec.attempts}" + (f" of {rec.retries + 1}" if rec.retries else ""))
         self.counts.value = f'<span class="nbqueue-counts">{" · ".join(parts)}</span>'
-        msg = rec.progress_message or (rec.message if status in (RETRYING, CANCELLED) else None)
+        msg = rec.progress_message or (rec.message if status in (RETRYING, CANCELLED) or (
+            rec.recoveries and not finished_state(status)) else None)
         self.message.value = (f'<span class="nbqueue-message" style="color:#555">{html.escape(msg)}</span>'
                               if msg else "")
         self.error.value = _error_html(rec) if status == FAILED else ""
-        if rec.output != self._shown_output:
-            self._shown_output = rec.output
-            self.log.outputs = ({"output_type": "stream", "name": "stdout", "text": rec.output},) \
-                if rec.output else ()
-            self.log_box.titles = (f"Log ({rec.output.count(chr(10))} lines)",)
+        output = rec.output or ""
+        if output != self._shown_output:
+            self._shown_output = output
+            self.log.outputs = ({"output_type": "stream", "name": "stdout", "text": output},) \
+                if output else ()
+            self.log_box.titles = (f"Log ({output.count(chr(10))} lines)",)
         finished = status in FINISHED
         self.cancel_button.disabled = finished
         self.final = finished
@@ -210,6 +215,8 @@ class GroupView:
         self.box = w.VBox([self.title, w.HBox([self.bar, self.counts])],
                           layout=w.Layout(border="1px solid #ddd", padding="4px 8px"))
         self.box.add_class("nbqueue-group")
+        self._ended = {}   # id -> (final status, None)
+        self._names = {}
         self.refresh()
 
     def refresh(self, force=False):
@@ -217,13 +224,18 @@ class GroupView:
         counts = dict.fromkeys(STATES, 0)
         names = set()
         purged = 0
-        for r in self.group:
-            rec = store.get(r.id)
-            if rec is None:
+        for r in self.group:  # finished members are read once, not on every refresh
+            status, name = self._ended.get(r.id) or (store.status(r.id), None)
+            if status is None:
                 purged += 1  # finished once, or it could not have been purged
-            else:
-                counts[rec.status] += 1
-                names.add(rec.name)
+                continue
+            counts[status] += 1
+            if r.id not in self._names:
+                rec = store.get(r.id)
+                self._names[r.id] = rec.name if rec is not None else "?"
+            names.add(self._names[r.id])
+            if status in FINISHED:
+                self._ended[r.id] = (status, name)
         finished = sum(counts[s] for s in FINISHED) + purged
         n = len(self.group)
         self.title.value = (f"<b>{html.escape(', '.join(sorted(names)) or 'empty group')}</b> "
@@ -270,47 +282,60 @@ class JobView:
             self.summary.value = f"<b>{html.escape(self.job.name)}</b> (removed)"
             self.toggle.disabled = True
             return False
-        last = store.get(rec.last_run_id) if rec.last_run_id else None
+        last = store.status(rec.last_run_id) if rec.last_run_id else None
         nxt = _next_run_text(rec)
         counters = f"runs {rec.runs}" + (f" · skipped {rec.skipped}" if rec.skipped else "") + (
-            f" · missed {rec.missed}" if rec.missed else "")
+            f" · missed {rec.missed}" if rec.missed else "") + (
+            f" · errors {rec.errors}" if rec.errors else "")
+        error = (f'<br><span class="nbqueue-job-error" style="color:#dc3545">last error: '
+                 f'{html.escape(rec.last_error)}</span>') if rec.errors and rec.last_error else ""
         self.summary.value = (
             f'<b class="nbqueue-name">{html.escape(rec.name)}</b> '
             f'<code>{html.escape(rec.schedule)}</code> · {nxt} · <span class="nbqueue-counts">'
-            f'{counters}</span>' + (f" · last {_badge(last.status)}" if last else ""))
+            f'{counters}</span>' + (f" · last {_badge(last)}" if last else "") + error)
         self.toggle.description, self.toggle.icon = ("Resume", "play") if rec.paused else ("Pause", "pause")
         return True
 
 
 class DashboardView:
-    """A live table of the queue's newest tasks (filterable by state, cancel per row)
-    and its periodic jobs."""
+    """A live table of the queue: counts by state (kept by the store), one page of
+    the newest tasks (filter by state, page back with Older/Newer, cancel per row)
+    and its periodic jobs. A refresh reads the counters and one page, never the
+    history, so it costs the same with 20 records or 20,000."""
 
     rows = 25
-    interval = 1.0  # listing the store is heavier than reading one record
+    interval = 1.0
 
     def __init__(self, queue):
         import ipywidgets as w
         self.w = w
         self.queue = queue
         self.final = False
+        self.offset = 0
         self._next = 0.0
         self._ids = None
         self.heading = w.HTML()
         self.filter = w.Dropdown(options=["all"] + list(STATES), value="all", description="state",
                                  layout=w.Layout(width="220px"))
-        self.filter.observe(lambda change: self._force(), names="value")
+        self.filter.observe(lambda change: self._go(0), names="value")
+        self.newer = w.Button(description="Newer", icon="chevron-left", layout=w.Layout(width="auto"))
+        self.older = w.Button(description="Older", icon="chevron-right", layout=w.Layout(width="auto"))
+        self.newer.on_click(lambda _b: self._go(self.offset - self.rows))
+        self.older.on_click(lambda _b: self._go(self.offset + self.rows))
+        self.where = w.HTML()
         self.table = w.GridBox(layout=w.Layout(grid_template_columns="2fr 1fr 1fr 2fr 1fr auto",
                                                grid_gap="2px 12px"))
         self.jobs = w.HTML()
-        self.box = w.VBox([w.HBox([self.heading, self.filter]), self.table, self.jobs],
+        self.box = w.VBox([w.HBox([self.heading, self.filter]), self.table,
+                           w.HBox([self.newer, self.where, self.older]), self.jobs],
                           layout=w.Layout(border="1px solid #ddd", padding="4px 8px"))
         self.box.add_class("nbqueue-dashboard")
         self._cells = {}
         self.refresh(force=True)
         updater().add(self)
 
-    def _force(self):
+    def _go(self, offset):
+        self.offset = max(0, offset)
         self._next = 0.0
         self.refresh(force=True)
 
@@ -320,14 +345,19 @@ class DashboardView:
             return True
         self._next = now + self.interval
         store = self.queue.store
-        records = store.list()
-        counts = dict.fromkeys(STATES, 0)
-        for rec in records:
-            counts[rec.status] += 1
-        self.heading.value = (f"<b>queue {html.escape(self.queue.name)}</b> · {len(records)} tasks: "
+        counts = store.counts()
+        total = sum(counts.values())
+        self.heading.value = (f"<b>queue {html.escape(self.queue.name)}</b> · {total} tasks: "
                               + ", ".join(f"{counts[s]} {s}" for s in STATES if counts[s]))
         wanted = self.filter.value
-        shown = [r for r in records if wanted == "all" or r.status == wanted][-self.rows:][::-1]
+        matching = total if wanted == "all" else counts[wanted]
+        if self.offset >= matching and self.offset:
+            self.offset = max(0, (matching - 1) // self.rows * self.rows)
+        shown = store.page(None if wanted == "all" else wanted, None, self.rows, self.offset)
+        self.where.value = (f"<span style='color:#888'>{self.offset + 1}–{self.offset + len(shown)}"
+                            f" of {matching}</span>" if shown else "")
+        self.newer.disabled = self.offset == 0
+        self.older.disabled = self.offset + len(shown) >= matching
         ids = [r.id for r in shown]
         if ids != self._ids:
             self._ids = ids
@@ -338,7 +368,8 @@ class DashboardView:
         self.jobs.value = "" if not jobs else "<b>periodic jobs</b><br>" + "<br>".join(
             f"{html.escape(j.name)} <code>{html.escape(j.schedule)}</code> · "
             + _next_run_text(j)
-            + f" · runs {j.runs}" for j in jobs.values())
+            + f" · runs {j.runs}" + (f" · errors {j.errors}" if j.errors else "")
+            for j in jobs.values())
         return True
 
     def _rebuild(self, shown):
@@ -359,19 +390,26 @@ class DashboardView:
 
     def _cancel(self, task_id):
         self.queue.cancel(task_id)
-        self._force()
+        self._go(self.offset)
 
     def _fill(self, rec):
         name, short, state, prog, attempts, button = self._cells[rec.id]
         name.value = html.escape(rec.name)
         short.value = f"<code>{rec.id[:8]}</code>"
         state.value = _badge(rec.status)
-        if rec.progress_total:
-            prog.value = f"{rec.progress_done:g}/{rec.progress_total:g}"
-        else:
-            prog.value = f"{rec.progress_done:g}" if rec.progress_done else ""
+        prog.value = _progress_text(rec)
         attempts.value = str(rec.attempts)
         button.disabled = rec.status in FINISHED
+
+
+def _progress_text(rec):
+    """'3/10', '3' or '' for a record's progress; never raises on odd stored values."""
+    try:
+        if rec.progress_total:
+            return f"{rec.progress_done:g}/{rec.progress_total:g}"
+        return f"{rec.progress_done:g}" if rec.progress_done else ""
+    except (TypeError, ValueError):
+        return "?"
 
 
 class Dashboard:
@@ -380,19 +418,17 @@ class Dashboard:
     def __init__(self, queue):
         self.queue = queue
 
-    def text(self, limit=25):
+    def text(self, limit=25, offset=0):
         store = self.queue.store
-        records = store.list()
-        counts = dict.fromkeys(STATES, 0)
-        for rec in records:
-            counts[rec.status] += 1
-        lines = [f"queue {self.queue.name!r}: {len(records)} tasks"
+        counts = store.counts()
+        lines = [f"queue {self.queue.name!r}: {sum(counts.values())} tasks"
                  + "".join(f", {counts[s]} {s}" for s in STATES if counts[s])]
-        for rec in records[-limit:][::-1]:
-            prog = f"{rec.progress_done:g}/{rec.progress_total:g}" if rec.progress_total else ""
-            lines.append(f"  {rec.id[:8]}  {rec.status:<10} {prog:>9}  attempts={rec.attempts}  {rec.name}")
+        for rec in store.page(None, None, limit, offset):
+            lines.append(f"  {rec.id[:8]}  {rec.status:<10} {_progress_text(rec):>9}  "
+                         f"attempts={rec.attempts}  {rec.name}")
         for job in store.jobs().values():
-            lines.append(f"  job {job.name} {job.schedule!r} {_next_run_text(job)} runs={job.runs}")
+            lines.append(f"  job {job.name} {job.schedule!r} {_next_run_text(job)} runs={job.runs}"
+                         + (f" errors={job.errors}" if job.errors else ""))
         return "\n".join(lines)
 
     def __repr__(self):
@@ -403,125 +439,3 @@ class Dashboard:
 
     def _repr_mimebundle_(self, include=None, exclude=None):
         return mimebundle(self, self.text())
-
-
-# ---- the updater ----------------------------------------------------------------
-class Updater:
-    """The one thread that writes to widgets, at most every ``interval`` seconds.
-
-    It sleeps (no CPU) while no displayed view is live, and drops a view after
-    its final refresh.
-    """
-
-    interval = 0.25
-
-    def __init__(self):
-        self._views = []
-        self._cache = weakref.WeakValueDictionary()
-        self._lock = threading.Lock()
-        self._wake = threading.Event()
-        self._thread = None
-        self._passes = 0
-        self._passed = threading.Condition(self._lock)
-        self._force_until = 0  # passes numbered below this also refresh throttled views
-
-    def view(self, key, build):
-        with self._lock:
-            view = self._cache.get(key)
-        if view is None:
-            view = build()
-            with self._lock:
-                self._cache[key] = view
-            if not view.final:
-                self.add(view)
-        return view
-
-    def add(self, view):
-        with self._lock:
-            if view not in self._views:
-                self._views.append(view)
-            if self._thread is None or not self._thread.is_alive():
-                self._thread = threading.Thread(target=self._loop, daemon=True, name="nbqueue-widgets")
-                self._thread.start()
-        self._wake.set()
-
-    def poke(self):
-        """Refresh soon (after a button click)."""
-        self._wake.set()
-
-    def settle(self, timeout=2.0):
-        """Refresh every live view now and wait until that pass is done, so the displays
-        show the current state when the calling cell ends. Returns False on timeout."""
-        with self._lock:
-            if not (self._views or len(self._cache)) or self._thread is None or not self._thread.is_alive():
-                return True
-            target = self._passes + 2  # the pass running now may have read old state
-            # views that throttle themselves (the dashboard: once a second) refresh on
-            # the passes settle() waits for, or they would keep the state of a second ago
-            self._force_until = max(self._force_until, target)
-        self._wake.set()
-        with self._lock:
-            return self._passed.wait_for(lambda: self._passes >= target, timeout)
-
-    def _loop(self):
-        while True:
-            with self._lock:
-                views = list(self._views)
-                force = self._passes < self._force_until
-                # settle()'s last pass also sends the state of the views that already
-                # finished: their final update may have gone out while no cell ran, under
-                # an ended cell's parent, which a recorder such as nbclient drops, and
-                # nothing changes afterwards to send it again
-                finished = [v for v in self._cache.values() if v not in views] \
-                    if self._passes == self._force_until - 1 else []
-            for view in finished:
-                try:
-                    _send_whole_state(view.box)
-                except Exception as exc:  # as for refresh: never stop the updater
-                    sys.__stderr__.write(f"nbqueue: widget resend failed: {exc!r}\n")
-            if not views and not force:
-                self._wake.wait()
-                self._wake.clear()
-                continue
-            started = time.monotonic()
-            for view in views:
-                try:
-                    live = view.refresh(force=force)
-                except Exception as exc:  # a broken view must not stop the others
-                    sys.__stderr__.write(f"nbqueue: widget refresh failed: {exc!r}\n")
-                    live = False
-                if not live:
-                    with self._lock:
-                        if view in self._views:
-                            self._views.remove(view)
-            with self._lock:
-                self._passes += 1
-                self._passed.notify_all()
-            spent = time.monotonic() - started
-            self._wake.wait(max(0.0, self.interval - spent))
-            self._wake.clear()
-
-
-def _send_whole_state(widget):
-    """Send the full state of ``widget`` and of the widgets inside it. Not an Output's
-    ``msg_id`` (nbqueue never captures into one): nbclient fails on an empty one it did not set."""
-    widget.send_state(key=[k for k in widget.keys if k != "msg_id"])
-    for child in getattr(widget, "children", ()):
-        _send_whole_state(child)
-
-
-_updater = None
-_updater_lock = threading.Lock()
-
-
-def settle(timeout=2.0):
-    """Bring every live widget up to date before returning (see ``Updater.settle``)."""
-    return _updater.settle(timeout) if _updater is not None else True
-
-
-def updater():
-    global _updater
-    with _updater_lock:
-        if _updater is None:
-            _updater = Updater()
-        return _updater

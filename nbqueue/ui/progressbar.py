@@ -9,7 +9,7 @@ is raised by the loop (or ``update()``) right after. Outside a task it is
 
 from tqdm.std import tqdm as _std_tqdm
 
-from .context import current_task
+from ..runtime.context import current_task
 
 
 class tqdm(_std_tqdm):  # noqa: N801 -- the name users import

@@ -1,5 +1,5 @@
 """What a running task sees: ``current_task()``, ``progress()``, cancellation and
-timeout checks, and the capture of its stdout/stderr into its record.
+timeout checks, and the buffer its captured stdout/stderr is written to.
 
 Progress and output are kept in memory and written to the store at most every
 ``FLUSH_INTERVAL`` seconds (and when the task ends), so a task may call
@@ -7,11 +7,12 @@ Progress and output are kept in memory and written to the store at most every
 clock read, and a flush only touches the store a few times a second.
 """
 
-import sys
+import math
+import numbers
 import threading
 import time
 
-from .exceptions import TaskCancelled, TaskTimeout
+from ..exceptions import TaskCancelled, TaskTimeout
 
 FLUSH_INTERVAL = 0.1
 
@@ -33,7 +34,7 @@ class TaskContext:
         self._total = rec.progress_total
         self._message = rec.progress_message
         self._chunks = [rec.output] if rec.output else []
-        self._size = len(rec.output)
+        self._size = len(rec.output or "")
         self._limit = output_limit
         self._dirty = False
         self._next_flush = time.monotonic() + FLUSH_INTERVAL
@@ -68,10 +69,13 @@ class TaskContext:
         """Report progress: ``done`` of ``total`` (keeps the last total), and a message.
 
         Also checks cancellation and timeout (raises like ``check_cancelled``).
+        Raises TypeError/ValueError for a ``done`` or ``total`` that is not a finite
+        number >= 0 (``total`` > 0), storing nothing.
         """
-        self._done = done
+        done = _progress_number(done, "done")
         if total is not None:
-            self._total = total
+            self._total = _progress_number(total, "total", positive=True)
+        self._done = done
         if message is not None:
             self._message = str(message)
         self._dirty = True
@@ -119,14 +123,24 @@ class TaskContext:
             if self._ended:
                 return
             self._dirty = False
-            rec = self._store.update(self.id, **self.fields())
-        if rec is not None and rec.cancel_requested:
-            self._cancel = True
+            cancel = self._store.update(self.id, **self.fields())
+        if cancel:
+            self.request_cancel()
 
     def end(self):
         """Stop flushing (the worker writes the final fields with the outcome)."""
         with self._flush_lock:
             self._ended = True
+
+
+def _progress_number(value, what, positive=False):
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"progress({what}={value!r}): give a number")
+    value = float(value) if not isinstance(value, int) else value
+    if not math.isfinite(value) or value < 0 or (positive and value == 0):
+        raise ValueError(f"progress({what}={value!r}): give a finite number "
+                         + ("> 0" if positive else ">= 0"))
+    return value
 
 
 def current_task():
@@ -149,87 +163,6 @@ def check_cancelled():
     ctx = getattr(_local, "ctx", None)
     if ctx is not None:
         ctx.check_cancelled()
-
-
-# ---- output capture ---------------------------------------------------------
-class _StreamProxy:
-    """Stands in for sys.stdout/sys.stderr: text written by a task's thread goes to
-    that task's record; text from any other thread goes to the stream it wraps.
-
-    Only attribute reads are forwarded. Writes to the attribute (IPython 9 sets
-    ``sys.stdout.write`` per cell) land on the proxy itself; forwarding them to
-    the wrapped stream would make its write call itself.
-    """
-
-    def __init__(self, target):
-        self._target = target
-
-    def write(self, text):
-        ctx = getattr(_local, "ctx", None)
-        if ctx is None:
-            return self._target.write(text)
-        ctx.write(text)
-        return len(text)
-
-    def writelines(self, lines):
-        for line in lines:
-            self.write(line)
-
-    def flush(self):
-        if getattr(_local, "ctx", None) is None:
-            self._target.flush()
-
-    def __getattr__(self, name):
-        return getattr(self._target, name)
-
-
-def install_capture():
-    """Put the proxy on sys.stdout/sys.stderr again if someone swapped them.
-
-    Called at each task start: ipykernel, pytest and ``redirect_stdout`` all
-    replace the streams.
-    """
-    if type(sys.stdout) is not _StreamProxy:
-        sys.stdout = _StreamProxy(sys.stdout)
-    if type(sys.stderr) is not _StreamProxy:
-        sys.stderr = _StreamProxy(sys.stderr)
-
-
-# ---- routing rich output to the submitting cell -------------------------------
-def submit_parent():
-    """The submitting cell's parent message, when ipykernel (>= 7.4) can route a
-    thread's output to it (``set_thread_parent``); else None. Cheap outside a kernel."""
-    if "ipykernel" not in sys.modules:
-        return None
-    ipython = sys.modules.get("IPython")
-    shell = ipython.get_ipython() if ipython is not None else None
-    if shell is None or not hasattr(shell, "set_thread_parent") or not hasattr(shell, "get_parent"):
-        return None  # older ipykernel: display() from a task lands in the running cell
-    try:
-        return shell, shell.get_parent()
-    except Exception:
-        return None
-
-
-def route_to(parent):
-    """Make this thread's display() calls go to ``parent``'s cell; returns what
-    ``unroute`` needs. Pool threads are reused: always ``unroute`` after the task."""
-    if parent is None:
-        return None
-    shell, header = parent
-    try:
-        return shell, shell.set_thread_parent(header)
-    except Exception:
-        return None
-
-
-def unroute(tokens):
-    if tokens is not None:
-        shell, tok = tokens
-        try:
-            shell.reset_thread_parent(tok)
-        except Exception:
-            pass
 
 
 def enter(ctx):

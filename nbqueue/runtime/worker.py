@@ -9,30 +9,28 @@ and requeues tasks whose worker died (``requeue_expired``) about once a second.
 
 import asyncio
 import inspect
-import os
-import socket
 import sys
 import threading
 import time
-import uuid
 
-from . import context, serializer
-from .exceptions import CancelExecution, RetryTask, TaskCancelled, TaskTimeout
-from .result import CANCELLED, FAILED, FINISHED, PENDING, RETRYING, SUCCEEDED
+from ..exceptions import CancelExecution, RetryTask, TaskCancelled, TaskTimeout
+from ..states import CANCELLED, FAILED, FINISHED, PENDING, RETRYING, SUCCEEDED
+from . import capture, context
 
 MIN_POLL = 0.002
 
 
 class WorkerPool:
-    """``workers`` threads running the queue's tasks, plus one heartbeat thread."""
+    """``workers`` threads running the tasks of ``state`` (a ``QueueState``), plus
+    one heartbeat thread."""
 
-    def __init__(self, queue, workers):
-        self.queue = queue
-        self.store = queue.store
-        self.lease = queue.lease
+    def __init__(self, state, workers):
+        self.state = state
+        self.store = state.store
+        self.lease = state.lease
         # Shared by every pool a re-run Queue cell creates, so the new pool's
         # heartbeat keeps renewing the leases of tasks the old pool still runs.
-        self.worker_id = queue.worker_id
+        self.worker_id = state.worker_id
         self._target = workers
         self._threads = []
         self._stopping = threading.Event()
@@ -46,7 +44,7 @@ class WorkerPool:
     def start(self):
         if self._heartbeat is None:
             self._heartbeat = threading.Thread(target=self._beat, daemon=True,
-                                               name=f"nbqueue-{self.queue.name}-heartbeat")
+                                               name=f"nbqueue-{self.state.name}-heartbeat")
             self._heartbeat.start()
         self.resize(self._target)
 
@@ -56,7 +54,7 @@ class WorkerPool:
         self._threads = [t for t in self._threads if t.is_alive()]
         for index in range(len(self._threads), workers):
             t = threading.Thread(target=self._loop, args=(index,), daemon=True,
-                                 name=f"nbqueue-{self.queue.name}-worker-{index}")
+                                 name=f"nbqueue-{self.state.name}-worker-{index}")
             self._threads.append(t)
             t.start()
         if len(self._threads) > workers:
@@ -87,11 +85,11 @@ class WorkerPool:
                 if looked_at is not None:
                     store.wait_for_work(looked_at, poll if store.shared else None)
                     poll = min(poll * 2, store.max_poll)
-                looked_at = store._work_seq
+                looked_at = store.work_seq
                 try:
                     rec = store.claim(self.worker_id, self.lease)
                 except Exception:  # a store hiccup (disk full, locked) must not kill the worker
-                    self.queue._log("claim failed", sys.exc_info())
+                    self.state.log("claim failed", sys.exc_info())
                     time.sleep(poll)
                     poll = min(poll * 2, store.max_poll)
                     looked_at = None
@@ -99,11 +97,11 @@ class WorkerPool:
                 if rec is None:
                     continue
             poll = MIN_POLL
-            looked_at = store._work_seq
+            looked_at = store.work_seq
             try:
                 rec = self.run(rec, claim_next=keep_going)
             except BaseException as exc:  # not a task error (those are caught in run): ours
-                self.queue._log(f"worker error running task {rec.id}", sys.exc_info())
+                self.state.log(f"worker error running task {rec.id}", sys.exc_info())
                 self._fail_unhandled(rec, exc)
                 rec = None
 
@@ -113,52 +111,57 @@ class WorkerPool:
         If ``claim_next()`` is true when the task ends (asked then: the pool may be
         stopping or shrinking meanwhile), the same store transaction claims the next
         task, which is returned (or None)."""
-        queue = self.queue
-        ctx = context.TaskContext(rec, self.store, queue.output_limit)
-        queue._running[rec.id] = ctx
-        routed = context.route_to(queue._parents.get(rec.id))
-        context.install_capture()
+        state = self.state
+        ctx = context.TaskContext(rec, self.store, state.output_limit)
+        state.running[rec.id] = ctx
+        routed = capture.route_to(state.parents.get(rec.id))
+        capture.install_capture()
         context.enter(ctx)
         fields = {}
         retry_on = ()  # a call that cannot even be loaded is not retried
         try:
-            func, args, kwargs, retry_on = queue._resolve_call(rec)
+            func, args, kwargs, retry_on = state.resolve_call(rec)
             if rec.has_prev:
-                args = args + (queue._decode_value(rec.prev),)
+                args = args + (state.decode_value(rec.prev),)
             if ctx.cancelled:
                 raise TaskCancelled(f"task {rec.id} was cancelled before it started")
-            value = func(*args, **kwargs)
-            if inspect.isawaitable(value):
-                value = self._run_async(ctx, value, rec.timeout)
-            if ctx.timed_out:  # it ignored the timeout and finished late anyway
-                raise TaskTimeout(f"task {rec.id} ({rec.name}) ran past its timeout of {rec.timeout}s")
-            fields["result"] = serializer.encode_value(value) if self.store.serializes else value
+            hit, cached = state.memo_lookup(rec) if rec.cache_key else (False, None)
+            if hit:  # memoized: an earlier call with the same code and arguments
+                fields["result"], fields["cached"] = cached, True
+            else:
+                value = func(*args, **kwargs)
+                if inspect.isawaitable(value):
+                    value = self._run_async(ctx, value, rec.timeout)
+                if ctx.timed_out:  # it ignored the timeout and finished late anyway
+                    raise TaskTimeout(f"task {rec.id} ({rec.name}) ran past its timeout of {rec.timeout}s")
+                fields["result"] = state.encode_value(value)
+                if rec.cache_key:
+                    state.memo_store(rec, fields["result"])
             status = SUCCEEDED
         except BaseException as exc:  # noqa: B036 -- user code must never kill the worker
             status = self._classify(ctx, rec, exc, retry_on, fields)
         finally:
             context.leave()
-            context.unroute(routed)
+            capture.unroute(routed)
             ctx.end()
-            queue._running.pop(rec.id, None)
+            state.running.pop(rec.id, None)
         fields.update(ctx.fields())
         # Not finished: our lease ran out and the task was requeued; its new run owns it.
         finished, nxt = self.store.finish_and_claim(
             rec.id, self.worker_id, status, self.lease if claim_next and claim_next() else None,
             **fields)
         if finished and status in FINISHED:
-            queue._task_finished(rec.id)
+            state.task_finished(rec.id)
         return nxt
 
     def _fail_unhandled(self, rec, exc):
         # Don't leave the task running under a lease we keep renewing forever.
-        self.queue._running.pop(rec.id, None)
+        self.state.running.pop(rec.id, None)
         try:
-            if self.store.finish(rec.id, self.worker_id, FAILED,
-                                 error=serializer.describe_exception(exc, self.store.serializes)):
-                self.queue._task_finished(rec.id)
+            if self.store.finish(rec.id, self.worker_id, FAILED, error=self.state.describe(exc)):
+                self.state.task_finished(rec.id)
         except Exception:
-            self.queue._log(f"could not record the failure of task {rec.id}", sys.exc_info())
+            self.state.log(f"could not record the failure of task {rec.id}", sys.exc_info())
 
     def _classify(self, ctx, rec, exc, retry_on, fields):
         """Decide the outcome of a run that raised ``exc``; fill ``fields``; return the status."""
@@ -180,7 +183,7 @@ class WorkerPool:
         tb = exc.__traceback__
         if tb is not None and tb.tb_frame.f_code is WorkerPool.run.__code__:
             exc = exc.with_traceback(tb.tb_next)  # the user's frames only
-        fields["error"] = serializer.describe_exception(exc, self.store.serializes)
+        fields["error"] = self.state.describe(exc)
         if rec.retries_used < rec.retries and isinstance(exc, retry_on):
             fields["retries_used"] = rec.retries_used + 1
             fields["eta"] = time.time() + rec.retry_delay * rec.retry_backoff ** rec.retries_used
@@ -217,7 +220,7 @@ class WorkerPool:
         last_renew = time.monotonic()
         while not self._stopping.wait(period):
             try:
-                running = {tid: ctx for tid, ctx in list(self.queue._running.items())}
+                running = dict(self.state.running)
                 if running and time.monotonic() - last_renew >= self.lease / 3 - 0.01:
                     last_renew = time.monotonic()
                     held = self.store.renew(list(running), self.worker_id, self.lease)
@@ -226,11 +229,8 @@ class WorkerPool:
                             running[tid].request_cancel()
                 for ctx in running.values():
                     ctx.flush()
-                self.store.requeue_expired(max_recoveries=self.queue.max_recoveries)
-                self.queue._housekeeping()
+                self.store.requeue_expired(max_recoveries=self.state.max_recoveries,
+                                           alive=self.state.alive)
+                self.state.housekeeping()
             except Exception:
-                self.queue._log("heartbeat error", sys.exc_info())
-
-
-def new_worker_id():
-    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+                self.state.log("heartbeat error", sys.exc_info())

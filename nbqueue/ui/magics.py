@@ -14,11 +14,11 @@ from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
 from IPython.display import display
 
-from . import queue as queue_module
-from .exceptions import NbqueueError, TaskNotFound
-from .queue import Queue, latest_queue
-from .result import FINISHED
-from .task import TaskFunction, make_options
+from .. import registry
+from ..exceptions import NbqueueError, TaskNotFound
+from ..queue import Queue, latest_queue
+from ..states import UNFINISHED
+from ..task import TaskFunction, make_options
 
 _background = None
 _background_lock = threading.Lock()
@@ -30,10 +30,13 @@ def background_queue():
     global _background
     with _background_lock:
         if _background is None or (_background._closed and _background._successor is None):
-            previous = queue_module._latest
+            try:
+                previous = registry.latest_queue()
+            except NbqueueError:
+                previous = None
             _background = Queue("background", storage="memory")
             if previous is not None:  # %nbqueue keeps meaning the user's own latest queue
-                queue_module._latest = previous
+                registry.set_latest(previous)
         return _background._live_queue()
 
 
@@ -165,79 +168,93 @@ class NbqueueMagics(Magics):
             raise UsageError(str(err)) from None
         q = _queue_from(self.shell, args.queue)
         command, rest = args.command, args.args
-        commands = {
-            None: (0, 0), "list": (0, 0), "status": (0, 0), "cancel": (1, 1), "result": (1, 1),
-            "output": (1, 1), "wait": (0, 1), "purge": (0, 0), "workers": (1, 1),
-        }
-        if command not in commands:
+        if command not in COMMANDS:
             raise UsageError(f"unknown command {command!r}; use one of: "
-                             + ", ".join(c for c in commands if c) + " (see %nbqueue?)")
-        low, high = commands[command]
+                             + ", ".join(c for c in COMMANDS if c) + " (see %nbqueue?)")
+        handler, usage = COMMANDS[command]
+        low = sum(1 for word in usage.split() if not word.startswith("["))
+        high = len(usage.split())
         if not low <= len(rest) <= high:
-            usage = {"cancel": "ID", "result": "ID", "output": "ID", "wait": "[ID]", "workers": "N"}
-            raise UsageError(f"usage: %nbqueue {command} {usage.get(command, '')}".rstrip())
-        if command is None:
-            return q.dashboard()
-        if command == "list":
-            print(q.dashboard().text(limit=50))
-            return None
-        if command == "status":
-            counts = {}
-            for rec in q.store.list():
-                counts[rec.status] = counts.get(rec.status, 0) + 1
-            print(f"queue {q.name!r} on {q.store!r}: {q.workers} workers; "
-                  + (", ".join(f"{n} {s}" for s, n in counts.items()) or "no tasks"))
-            for job in q.periodic_jobs():
-                print(f"  {job!r}")
-            return None
-        if command == "workers":
-            try:
-                n = int(rest[0])
-                q.workers = n
-            except ValueError:
-                raise UsageError(f"%nbqueue workers {rest[0]}: give a whole number >= 0") from None
-            print(f"queue {q.name!r}: {q.workers} workers")
-            return None
-        if command == "purge":
-            print(f"purged {q.purge()} finished tasks")
-            return None
-        if command == "wait":
-            results = [self._find(q, rest[0])] if rest else [
-                r for r in q.tasks() if r.status not in FINISHED]
-            for r in results:
-                r.wait()
-            from .widgets import settle
-            settle()  # the displays above show the end state when this cell ends
-            print(f"{len(results)} task(s) finished")
-            return None
-        r = self._find(q, rest[0])
-        if command == "cancel":
-            ok = r.cancel()
-            print(f"{r.id}: " + ("cancel asked" if ok else f"already {r.status}"))
-            return None
-        if command == "output":
-            print(r.output, end="")
-            return None
-        # result
-        if not r.done():
-            print(f"{r.id} is {r.status}; %nbqueue wait {r.id[:8]} waits for it")
-            return None
-        return r.get()
+            raise UsageError(f"usage: %nbqueue {command} {usage}".rstrip())
+        return handler(q, *rest)
 
-    @staticmethod
-    def _find(q, prefix):
-        """The task whose id is ``prefix`` or starts with it (ids are long; 8 characters
-        usually do). Raises UsageError if none or several match."""
-        try:
-            return q.result(prefix)
-        except TaskNotFound:
-            pass
-        matches = [r for r in q.tasks() if r.id.startswith(prefix.lower())]
-        if len(matches) == 1:
-            return matches[0]
-        if not matches:
-            raise UsageError(f"no task {prefix!r} in queue {q.name!r}; %nbqueue list shows the ids")
-        raise UsageError(f"{len(matches)} tasks start with {prefix!r}; give more of the id")
+
+# ---- the %nbqueue subcommands: (handler(queue, *args), usage) by name ----------
+def _dashboard(q):
+    return q.dashboard()
+
+
+def _list(q):
+    print(q.dashboard().text(limit=50))
+
+
+def _status(q):
+    counts = q.counts()
+    print(f"queue {q.name!r} on {q.store!r}: {q.workers} workers; "
+          + (", ".join(f"{n} {s}" for s, n in counts.items() if n) or "no tasks"))
+    for job in q.periodic_jobs():
+        print(f"  {job!r}")
+
+
+def _workers(q, n):
+    try:
+        q.workers = int(n)
+    except ValueError:
+        raise UsageError(f"%nbqueue workers {n}: give a whole number >= 0") from None
+    print(f"queue {q.name!r}: {q.workers} workers")
+
+
+def _purge(q):
+    print(f"purged {q.purge()} finished tasks")
+
+
+def _wait(q, task_id=None):
+    results = [_find(q, task_id)] if task_id else q.tasks(status=UNFINISHED)
+    for r in results:
+        r.wait()
+    from .widgets import settle
+    settle()  # the displays above show the end state when this cell ends
+    print(f"{len(results)} task(s) finished")
+
+
+def _cancel(q, task_id):
+    r = _find(q, task_id)
+    ok = r.cancel()
+    print(f"{r.id}: " + ("cancel asked" if ok else f"already {r.status}"))
+
+
+def _output(q, task_id):
+    print(_find(q, task_id).output, end="")
+
+
+def _result(q, task_id):
+    r = _find(q, task_id)
+    if not r.done():
+        print(f"{r.id} is {r.status}; %nbqueue wait {r.id[:8]} waits for it")
+        return None
+    return r.get()
+
+
+COMMANDS = {
+    None: (_dashboard, ""), "list": (_list, ""), "status": (_status, ""),
+    "cancel": (_cancel, "ID"), "result": (_result, "ID"), "output": (_output, "ID"),
+    "wait": (_wait, "[ID]"), "purge": (_purge, ""), "workers": (_workers, "N"),
+}
+
+
+def _find(q, prefix):
+    """The task whose id is ``prefix`` or starts with it (ids are long; 8 characters
+    usually do). Raises UsageError if none or several match."""
+    try:
+        return q.result(prefix)
+    except TaskNotFound:
+        pass
+    matches = q.store.find_prefix(prefix.lower(), limit=2)
+    if len(matches) == 1:
+        return q.result(matches[0])
+    if not matches:
+        raise UsageError(f"no task {prefix!r} in queue {q.name!r}; %nbqueue list shows the ids")
+    raise UsageError(f"several tasks start with {prefix!r}; give more of the id")
 
 
 def load_ipython_extension(ipython):

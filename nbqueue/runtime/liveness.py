@@ -1,0 +1,51 @@
+"""Who holds a claim, and whether that process still lives.
+
+A worker id is ``host:pid:start:random``, ``start`` being the process's start
+time (from ``/proc``), so a recycled pid is never taken for the old process.
+A lease held by a process on this host is requeued only if that process is
+gone: a live process whose task holds the GIL past its lease keeps its claim.
+Across hosts (or without ``/proc``) the lease alone decides.
+"""
+
+import os
+import socket
+import uuid
+
+_HOST = socket.gethostname().replace(":", "_")
+
+
+def _start_time(pid):
+    """The process's start time in clock ticks since boot, or None if unknown."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except OSError:
+        return None
+    # the command name (field 2) may hold spaces and parentheses: split after the last ')'
+    fields = stat[stat.rindex(b")") + 2:].split()
+    try:
+        return fields[19].decode()
+    except (IndexError, ValueError):
+        return None
+
+
+def new_worker_id():
+    return f"{_HOST}:{os.getpid()}:{_start_time(os.getpid()) or '-'}:{uuid.uuid4().hex[:8]}"
+
+
+def holder_alive(worker):
+    """True if ``worker``'s process still runs, False if it is gone, None if this
+    host cannot tell (another host, no ``/proc``, an id of another form)."""
+    parts = (worker or "").split(":")
+    if len(parts) != 4 or parts[0] != _HOST or parts[2] == "-":
+        return None
+    try:
+        pid = int(parts[1])
+    except ValueError:
+        return None
+    if pid == os.getpid():
+        return parts[2] == _start_time(pid)
+    start = _start_time(pid)
+    if start is None:
+        return False if os.path.isdir("/proc/self") else None
+    return start == parts[2]

@@ -1,0 +1,541 @@
+"""The disk store: one SQLite database (the standard library's ``sqlite3``) per
+queue directory, shared safely by threads and processes. ``sqlitedb`` holds its
+schema, directory checks, connection and value files; this module the operations."""
+
+import heapq
+import os
+import pickle
+import time
+
+from ..exceptions import InvalidStateError, NbqueueError, WorkerLost
+from ..records import BULKY, OUTCOME_FIELDS, PROGRESS_FIELDS, JobRecord
+from ..serializer import describe_exception
+from ..states import CANCELLED, FINISHED, PENDING, RETRYING, RUNNING, STATES, TRANSITIONS, check_states
+from .base import Storage, not_found
+from .sqlitedb import (COLS, SELECT, VALUE_KINDS, Big, SqliteDatabase, prepare_directory,
+                       record, snap, unlink)
+
+__all__ = ["SqliteStorage", "prepare_directory", "queue_name_of"]
+
+BATCH = 500              # records deleted per transaction
+FRONT = -(1 << 62)       # qseq of recovered tasks: FRONT + seq, ahead of every normal one
+SEQ = COLS.index("seq")
+FINISHED_SQL = "('cancelled', 'failed', 'succeeded')"
+# The partial indexes, named: without statistics SQLite would rather take (status, seq).
+READY = " INDEXED BY tasks_ready WHERE status = 'pending'"
+LEASED = " INDEXED BY tasks_lease WHERE status = 'running'"
+WAITING_ETA = " INDEXED BY tasks_eta WHERE status IN ('scheduled', 'retrying') AND eta IS NOT NULL"
+
+
+def queue_name_of(directory):
+    """The name of the queue whose store is ``directory``. Raises NbqueueError."""
+    path = os.path.abspath(os.path.expanduser(os.fspath(directory)))
+    if not os.path.isdir(path):
+        raise NbqueueError(f"{path!r} is not an nbqueue store (no such directory); "
+                           "give the directory of a queue, like .nbqueue/default")
+    store = SqliteStorage(path, None)  # checks ownership and modes, creates nothing
+    store.close()
+    return store.queue_name
+
+
+class SqliteStorage(SqliteDatabase, Storage):
+    """Durable store in one SQLite database, shared safely by threads and processes.
+
+    Layout of a store directory (one queue per directory; the directory is 0700,
+    every file nbqueue makes in it 0600):
+
+    - ``nbqueue.db`` (WAL journal, with its ``-wal`` and ``-shm`` side files):
+
+      - ``tasks``: one row per task, every field a column except the bulky ones.
+        ``seq`` (the rowid) is the submit order; ``qseq`` the place in the ready
+        queue (``seq``, or below every ``seq`` for a task recovered from a dead
+        worker). Partial indexes serve the ready queue, etas, leases, expiry and
+        retention; ``(status, seq)`` and ``(name, seq)`` serve pages.
+      - ``blobs(key, external, data)``: payload, result and prev (``key`` is
+        ``seq * 4`` + 1, 2 or 3), and ``outputs(seq, text)``: kept apart, so a status
+        read or a progress flush never touches a big value.
+      - ``counts(status, n)``: records per state, kept by triggers in the same
+        transaction as every insert, delete and move.
+      - ``jobs(name, data)``: pickled JobRecords; ``meta``: format, queue name, the
+        seq counter and the scheduler lock.
+
+    - ``values/<id>.<kind>``: values over 1 MiB (a blob row with ``external`` set),
+      so a 200 MB result neither bloats the database nor slows other reads.
+
+    Every change is one ``BEGIN IMMEDIATE`` transaction, atomic across processes: an
+    ``add`` batch, a run's end with its pipeline successors and the next claim, a
+    job's tick with its run. ``purge`` and ``retain`` commit in batches of 500, so
+    they never hold the write lock for long. Within a process every access goes
+    through one connection behind one lock: threads queue on a cheap lock instead of
+    SQLite's busy wait and share one warm page cache; a forked child opens its own.
+    """
+
+    shared = True
+    serializes = True
+
+    def __init__(self, directory, queue_name):
+        super().__init__()
+        self._open_store(directory, queue_name)
+
+    def __repr__(self):
+        return f"SqliteStorage({self.directory!r})"
+
+    def _successor(self, t, rec, now):
+        """Pipeline: after ``rec`` finished, promote the next step (its ``prev`` is
+        ``rec``'s result, copied blob to blob) or cancel every later step.
+        Returns how many became pending (0 or 1)."""
+        move = rec.successor_move()
+        child = self._row(t.con, rec.next_id) if move else None
+        if move == "promote":
+            if child is None or not child.promotable_successor():
+                return 0
+            before = snap(child)
+            child.promote(prev=None, has_prev=True)
+            self._save(t, child, before)
+            self._copy_blob(t, rec, "result", child, "prev")
+            return 1
+        while child is not None:  # a failed or cancelled step cancels every later one
+            before = snap(child)
+            if not child.cancel_as_successor(rec, now):
+                break
+            self._save(t, child, before)
+            child = self._row(t.con, child.next_id) if child.next_id else None
+        return 0
+
+    def _notify_ended(self, ended):
+        if ended:
+            one = len(ended) == 1 and not ended[0].next_id
+            self.notify_done(ended[0].id if one else None)
+
+    # ---- tasks -----------------------------------------------------------------
+    def add(self, records):
+        records = list(records)
+        if not records:
+            return
+        ids = set()
+        for rec in records:
+            rec.check_new()
+            if rec.id in ids:
+                raise ValueError(f"task id {rec.id!r} is given twice")
+            ids.add(rec.id)
+        staged = []
+        try:
+            for r in records:
+                staged.append({k: self._stage(getattr(r, k)) for k in VALUE_KINDS
+                               if getattr(r, k) is not None})
+            with self._txn() as t:
+                seq = self._take_seq(t.con, len(records))
+                for i, (rec, values) in enumerate(zip(records, staged)):
+                    self._insert(t, rec, seq + i, values)
+        finally:
+            unlink(v.tmp for values in staged for v in values.values() if isinstance(v, Big))
+        ready = sum(r.status == PENDING for r in records)
+        if ready:
+            self.notify_work(ready)
+        if any(r.eta is not None for r in records):
+            self.notify_eta()
+
+    def claim(self, worker, lease, now=None):
+        # An idle look is a plain read: no write transaction while nothing is pending.
+        if self._one("SELECT 1 FROM tasks" + READY + " LIMIT 1") is None:
+            return None
+        now = time.time() if now is None else now
+        with self._txn() as t:
+            rec, ended, files = self._claim_in(t, worker, lease, now)
+        self._notify_ended(ended)
+        if rec is not None:
+            self._read_files(rec, files)  # it is ours now: nothing deletes a running task's files
+        return rec
+
+    def _claim_in(self, t, worker, lease, now):
+        ended = []
+        while True:
+            row = t.con.execute(SELECT + READY + " ORDER BY priority DESC, qseq LIMIT 1").fetchone()
+            if row is None:
+                return None, ended, ()
+            rec = record(row)
+            before = snap(rec)
+            if rec.expires_at is not None and rec.expires_at <= now:
+                rec.cancel(now, "expired before it started")
+                self._save(t, rec, before)
+                self._successor(t, rec, now)
+                ended.append(rec)
+                continue
+            rec.start(worker, now + lease, now)
+            self._save(t, rec, before, lease=lease)
+            return rec, ended, self._load(t.con, rec, ("payload", "prev", "output") if rec.has_prev
+                                          else ("payload", "output"))
+
+    def finish_and_claim(self, task_id, worker, status, lease, now=None, **fields):
+        if status not in TRANSITIONS[RUNNING]:  # refuse before touching anything
+            raise InvalidStateError(f"a run cannot end in {status!r}")
+        wrong = set(fields) - OUTCOME_FIELDS
+        if wrong:
+            raise ValueError(f"a run's end cannot set {', '.join(sorted(wrong))}")
+        now = time.time() if now is None else now
+        result = self._stage(fields["result"]) if "result" in fields else None
+        finished, released, ended, nxt, files = False, 0, [], None, ()
+        try:
+            with self._txn() as t:
+                rec = self._row(t.con, task_id)
+                if rec is not None and rec.status == RUNNING and rec.worker == worker:
+                    before = snap(rec)
+                    rec.finish(status, now, **fields)
+                    # Pending again (RetryTask): back to its submit place, not a recovered one's.
+                    again = {"qseq": rec.seq} if status == PENDING else {}
+                    self._save(t, rec, before, lease=None, **again)
+                    if "result" in fields:
+                        self._put_blob(t, rec, "result", result)
+                    if "output" in fields:
+                        self._put_output(t, rec.seq, fields["output"])
+                    if rec.finished:
+                        released += self._successor(t, rec, now)
+                        ended.append(rec)
+                    released += status == PENDING
+                    finished = True
+                if lease is not None:
+                    nxt, more, files = self._claim_in(t, worker, lease, now)
+                    ended += more
+        finally:
+            if isinstance(result, Big):
+                unlink([result.tmp])
+        self._notify_ended(ended)
+        if finished and status == RETRYING:
+            self.notify_eta()
+        if released:
+            self.notify_work(released)
+        if nxt is not None:
+            self._read_files(nxt, files)
+        return finished, nxt
+
+    def renew(self, task_ids, worker, lease, now=None):
+        task_ids = list(task_ids)
+        if not task_ids:
+            return {}
+        now = time.time() if now is None else now
+        held = {}
+        with self._txn() as t:
+            for task_id in task_ids:
+                row = t.con.execute("SELECT cancel_requested FROM tasks WHERE id = ? AND "
+                                    "status = 'running' AND worker = ?", (task_id, worker)).fetchone()
+                if row is not None:
+                    t.con.execute("UPDATE tasks SET lease_until = ?, lease = ? WHERE id = ?",
+                                  (now + lease, lease, task_id))
+                    held[task_id] = bool(row[0])
+        return held
+
+    def requeue_expired(self, now=None, max_recoveries=1, alive=None):
+        now = time.time() if now is None else now
+        first = self._one("SELECT lease_until FROM tasks" + LEASED + " ORDER BY lease_until LIMIT 1")
+        if first is None or first[0] >= now:
+            return []  # the common case: a plain read, no write transaction
+        expired = self._all("SELECT id, worker, lease FROM tasks" + LEASED +
+                            " AND lease_until < ? ORDER BY lease_until", (now,))
+        # alive() may be slow (it may look at processes): ask before taking the lock.
+        verdicts = {w: alive(w) for w in {w for _, w, _ in expired}} if alive is not None else {}
+        handled, ended, released = [], [], 0
+        with self._txn() as t:
+            for task_id, worker, lease in expired:
+                rec = self._row(t.con, task_id)
+                if rec is None or rec.status != RUNNING or rec.worker != worker \
+                        or rec.lease_until >= now:
+                    continue  # finished or renewed meanwhile
+                if verdicts.get(worker) is True:  # alive but not renewing: keep its claim
+                    t.con.execute("UPDATE tasks SET lease_until = ? WHERE id = ?",
+                                  (now + (lease or 30.0), task_id))
+                    continue
+                before = snap(rec)
+                at = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(rec.lease_until))
+                why = f"its worker {worker} died (lease expired at {at})"
+                if rec.recoveries < max_recoveries:
+                    rec.requeue(f"recovered: {why}")
+                    self._save(t, rec, before, lease=None, qseq=FRONT + self._take_seq(t.con))
+                    released += 1
+                else:
+                    lost = WorkerLost(f"task {task_id} ({rec.name}) was lost {rec.recoveries + 1} "
+                                      f"times: {why}; giving up")
+                    rec.fail_lost(now, str(lost), describe_exception(lost, True))
+                    self._save(t, rec, before, lease=None)
+                    self._successor(t, rec, now)
+                    ended.append(rec)
+                handled.append(task_id)
+        if released:
+            self.notify_work(released)
+        self._notify_ended(ended)
+        return handled
+
+    def promote_due(self, now=None):
+        now = time.time() if now is None else now
+        first = self.next_eta()
+        if first is None or first > now:
+            return 0
+        with self._txn() as t:
+            rows = t.con.execute(SELECT + WAITING_ETA + " AND eta <= ? ORDER BY eta", (now,)).fetchall()
+            for row in rows:
+                rec = record(row)
+                before = snap(rec)
+                rec.promote()
+                self._save(t, rec, before, qseq=rec.seq)
+        if rows:
+            self.notify_work(len(rows))
+        return len(rows)
+
+    def next_eta(self):
+        row = self._one("SELECT eta FROM tasks" + WAITING_ETA + " ORDER BY eta LIMIT 1")
+        return None if row is None else row[0]
+
+    def cancel(self, task_id, message="cancelled", now=None):
+        now = time.time() if now is None else now
+        with self._txn() as t:
+            rec = self._row(t.con, task_id)
+            if rec is None:
+                raise not_found(task_id)
+            had_eta = rec.waiting and rec.eta is not None
+            before = snap(rec)
+            moved = rec.cancel(now, message)
+            if moved is None:
+                return False
+            self._save(t, rec, before)
+            if moved == CANCELLED:
+                self._successor(t, rec, now)
+        if moved == CANCELLED:
+            self._notify_ended([rec])
+            if had_eta:
+                self.notify_eta()
+        return True
+
+    def get(self, task_id, load=()):
+        load = frozenset((load,) if isinstance(load, str) else load)
+        if load - BULKY:
+            raise ValueError(f"load={sorted(load - BULKY)}: only {', '.join(sorted(BULKY))} "
+                             "are loaded on demand")
+        if not load:
+            row = self._one(SELECT + " WHERE id = ?", (task_id,))
+            return None if row is None else record(row)
+        with self._snapshot() as con:
+            rec = self._row(con, task_id)
+            files = () if rec is None else self._load(con, rec, load)
+        try:
+            self._read_files(rec, files)
+        except NbqueueError:
+            if self.status(task_id) is None:
+                return None  # purged between the read and the file
+            raise
+        return rec
+
+    def status(self, task_id):
+        row = self._one("SELECT status FROM tasks WHERE id = ?", (task_id,))
+        return None if row is None else row[0]
+
+    def update(self, task_id, **fields):
+        wrong = set(fields) - PROGRESS_FIELDS
+        if wrong:
+            raise ValueError(f"update() changes progress and output only, not "
+                             f"{', '.join(sorted(wrong))}; states move through the state machine")
+        cols = {k: v for k, v in fields.items() if k != "output"}
+        with self._txn() as t:
+            row = t.con.execute("SELECT seq, cancel_requested FROM tasks WHERE id = ? AND "
+                                "status = 'running'", (task_id,)).fetchone()
+            if row is None:
+                return None
+            if cols:
+                t.con.execute(f"UPDATE tasks SET {', '.join(k + ' = ?' for k in cols)} WHERE seq = ?",
+                              (*cols.values(), row[0]))
+            if "output" in fields:
+                self._put_output(t, row[0], fields["output"])
+        return bool(row[1])
+
+    def counts(self):
+        counts = dict.fromkeys(STATES, 0)
+        counts.update((s, n) for s, n in self._all("SELECT status, n FROM counts") if s in counts)
+        return counts
+
+    def page(self, status=None, name=None, limit=50, offset=0):
+        n = -1 if limit is None else limit
+        statuses = None if status is None else tuple(dict.fromkeys(check_states(status)))
+        if name is not None:  # (name, seq), the states filtered on the way
+            states = "" if statuses is None else f" AND status IN ({', '.join('?' * len(statuses))})"
+            rows = self._all(SELECT + f" INDEXED BY tasks_name WHERE name = ?{states} "
+                             "ORDER BY seq DESC LIMIT ? OFFSET ?", (name, *(statuses or ()), n, offset))
+        elif statuses is None:
+            rows = self._all(SELECT + " ORDER BY seq DESC LIMIT ? OFFSET ?", (n, offset))
+        elif len(statuses) == 1:
+            rows = self._all(SELECT + " INDEXED BY tasks_status WHERE status = ? ORDER BY seq DESC "
+                             "LIMIT ? OFFSET ?", (statuses[0], n, offset))
+        else:  # one indexed query per state, each at most offset + limit rows, merged here
+            top = -1 if limit is None else offset + limit
+            sql = SELECT + " INDEXED BY tasks_status WHERE status = ? ORDER BY seq DESC LIMIT ?"
+            with self._snapshot() as con:
+                runs = [con.execute(sql, (s, top)).fetchall() for s in statuses]
+            rows = list(heapq.merge(*runs, key=lambda r: r[SEQ], reverse=True))
+            rows = rows[offset:None if limit is None else offset + limit]
+        return [record(r) for r in rows]
+
+    def find_prefix(self, prefix, limit=2):
+        rows = self._all("SELECT id FROM tasks WHERE id >= ? AND id < ? ORDER BY id LIMIT ?",
+                         (prefix, prefix + "\U0010ffff", -1 if limit is None else limit))
+        return [r[0] for r in rows]
+
+    def _delete_batches(self, sql, params, budget=None):
+        """Delete the finished records that ``sql`` (``SELECT seq, id ... LIMIT ?``)
+        finds, a batch per transaction. ``budget(con)``: how many more may go. Looks
+        with a plain read first, so a pass with nothing due writes nothing."""
+        total = 0
+        while True:
+            with self._guard():
+                con = self._connection()
+                if (budget is not None and budget(con) <= 0) or \
+                        con.execute(sql, (*params, 1)).fetchone() is None:
+                    return total
+            with self._txn() as t:
+                n = BATCH if budget is None else min(BATCH, budget(t.con))
+                rows = t.con.execute(sql, (*params, n)).fetchall() if n > 0 else []
+                if not rows:
+                    return total
+                for seq, task_id in rows:
+                    t.after += self._files_of(t.con, task_id, seq)  # unlinked after the commit
+                total += t.con.executemany("DELETE FROM tasks WHERE seq = ? AND finished_at IS NOT NULL",
+                                           ((seq,) for seq, _ in rows)).rowcount
+
+    def purge(self, older_than=None, statuses=None, now=None):
+        statuses = sorted(FINISHED if statuses is None else set(check_states(statuses)) & FINISHED)
+        now = time.time() if now is None else now
+        if older_than is None:
+            return sum(self._delete_batches("SELECT seq, id FROM tasks INDEXED BY tasks_status "
+                                            "WHERE status = ? LIMIT ?", (s,)) for s in statuses)
+        if not statuses:
+            return 0
+        return self._delete_batches(
+            "SELECT seq, id FROM tasks INDEXED BY tasks_finished WHERE finished_at IS NOT NULL AND "
+            f"finished_at <= ? AND status IN ({', '.join('?' * len(statuses))}) LIMIT ?",
+            (now - older_than, *statuses))
+
+    def retain(self, keep=None, max_finished=None, now=None):
+        now = time.time() if now is None else now
+        oldest = "SELECT seq, id FROM tasks INDEXED BY tasks_finished WHERE finished_at IS NOT NULL "
+        total = 0
+        if keep is not None:
+            total += self._delete_batches(oldest + "AND finished_at < ? LIMIT ?", (now - keep,))
+        total += self._delete_batches(
+            "SELECT seq, id FROM tasks INDEXED BY tasks_expires WHERE expires_at IS NOT NULL AND "
+            "finished_at IS NOT NULL AND expires_at <= ? LIMIT ?", (now,))
+        if max_finished is not None:
+            def excess(con):
+                sql = f"SELECT sum(n) FROM counts WHERE status IN {FINISHED_SQL}"
+                (n,) = con.execute(sql).fetchone()
+                return (n or 0) - max_finished
+            total += self._delete_batches(oldest + "ORDER BY finished_at LIMIT ?", (), excess)
+        return total
+
+    def trim_runs(self, name, keep):
+        # Walk the name's records newest first (its few unfinished ones are skipped)
+        # to the keep-th finished one; the finished ones before it go.
+        below = 1 << 62  # above every seq
+        if keep > 0:
+            with self._snapshot() as con:
+                kept = 0
+                for seq, status in con.execute("SELECT seq, status FROM tasks INDEXED BY tasks_name "
+                                               "WHERE name = ? ORDER BY seq DESC", (name,)):
+                    kept += status in FINISHED
+                    if kept == keep:
+                        below = seq
+                        break
+                else:
+                    return 0
+        return self._delete_batches("SELECT seq, id FROM tasks INDEXED BY tasks_name WHERE name = ? "
+                                    f"AND seq < ? AND status IN {FINISHED_SQL} LIMIT ?", (name, below))
+
+    # ---- periodic jobs and the scheduler lock ----------------------------------
+    def _job(self, con, name):
+        row = con.execute("SELECT data FROM jobs WHERE name = ?", (name,)).fetchone()
+        return None if row is None else pickle.loads(row[0])
+
+    def _put(self, t, job):
+        t.con.execute("INSERT OR REPLACE INTO jobs VALUES (?, ?)", (job.name, pickle.dumps(job)))
+
+    def jobs(self):
+        return {name: pickle.loads(data) for name, data in self._all("SELECT name, data FROM jobs")}
+
+    def get_job(self, name):
+        with self._guard():
+            return self._job(self._connection(), name)
+
+    def put_job(self, job):
+        with self._txn() as t:
+            old = self._job(t.con, job.name)
+            if old is not None:
+                job.take_over(old)
+            self._put(t, job)
+        self.notify_eta()
+        return job
+
+    def update_job(self, name, **fields):
+        wrong = set(fields) - set(JobRecord.__dataclass_fields__)
+        if wrong:
+            raise ValueError(f"a job has no field {', '.join(sorted(wrong))}")
+        with self._txn() as t:
+            job = self._job(t.con, name)
+            if job is None:
+                return None
+            for key, value in fields.items():
+                setattr(job, key, value)
+            self._put(t, job)
+        self.notify_eta()
+        return job
+
+    def remove_job(self, name):
+        with self._txn() as t:
+            found = t.con.execute("DELETE FROM jobs WHERE name = ?", (name,)).rowcount > 0
+        if found:
+            self.notify_eta()
+        return found
+
+    def fire_job(self, name, due, next_run, run=None, **increments):
+        values = {}
+        if run is not None:
+            run.check_new()
+            values = {k: self._stage(getattr(run, k)) for k in VALUE_KINDS
+                      if getattr(run, k) is not None}
+        try:
+            with self._txn() as t:
+                job = self._job(t.con, name)
+                if job is None or (due is not None and job.next_run != due):
+                    return False
+                if due is not None:
+                    job.next_run = next_run
+                for key, n in increments.items():
+                    setattr(job, key, getattr(job, key) + n)
+                if run is not None:
+                    self._insert(t, run, self._take_seq(t.con), values)
+                    job.last_run_id = run.id
+                self._put(t, job)
+        finally:
+            unlink(v.tmp for v in values.values() if isinstance(v, Big))
+        if run is not None and run.status == PENDING:
+            self.notify_work()
+        self.notify_eta()
+        return True
+
+    def _holder(self, con):
+        state = dict(con.execute("SELECT key, value FROM meta "
+                                 "WHERE key IN ('lock_holder', 'lock_until')"))
+        return state.get("lock_holder"), state.get("lock_until")
+
+    def hold_lock(self, holder, ttl, now=None):
+        now = time.time() if now is None else now
+        with self._guard():
+            current, until = self._holder(self._connection())
+        if current is not None and current != holder and until > now:
+            return False  # another's: decided by a plain read
+        with self._txn() as t:
+            current, until = self._holder(t.con)
+            if current is not None and current != holder and until > now:
+                return False
+            t.con.executemany("UPDATE meta SET value = ? WHERE key = ?",
+                              ((holder, "lock_holder"), (now + ttl, "lock_until")))
+        return True
+
+    def release_lock(self, holder):
+        with self._txn() as t:
+            if self._holder(t.con)[0] == holder:
+                t.con.execute("UPDATE meta SET value = NULL WHERE key = 'lock_holder'")

@@ -1,0 +1,505 @@
+"""The SQLite store's database and directory (``SqliteStorage`` is in ``sqlite``):
+the schema, the trust checks on the directory and its files, one connection per
+process behind one lock, transactions, rows to records and back, and the files
+under ``values/`` that hold big values."""
+
+import contextlib
+import errno
+import hashlib
+import operator
+import os
+import pickle
+import re
+import shlex
+import shutil
+import sqlite3
+import stat
+import tempfile
+import threading
+
+from ..exceptions import NbqueueError
+from ..records import TaskRecord
+from ..states import STATES
+
+FORMAT = 2
+DB = "nbqueue.db"
+VALUES = "values"
+BIG = 1 << 20            # values over this go to files under values/
+BUSY_TIMEOUT = 60.0      # other processes share the file
+VALUE_KINDS = ("payload", "result", "prev")
+KIND = {"payload": 1, "result": 2, "prev": 3}   # blobs.key = seq * 4 + KIND[kind]
+
+COLS = ("id", "name", "status", "priority", "seq", "created_at", "eta", "expires_at", "started_at",
+        "finished_at", "attempts", "retries", "retries_used", "recoveries", "retry_delay",
+        "retry_backoff", "timeout", "has_prev", "next_id", "worker", "lease_until",
+        "cancel_requested", "progress_done", "progress_total", "progress_message", "error",
+        "message", "cache_key", "cached")
+SELECT = f"SELECT {', '.join(COLS)} FROM tasks"
+INSERT = f"INSERT INTO tasks ({', '.join(COLS)}, qseq) VALUES ({', '.join('?' * (len(COLS) + 1))})"
+
+# ``seq`` is the rowid, so every index on (x) is in effect on (x, seq), and the blob
+# and output rows of a task are found from its seq without an index of their own.
+# Numeric columns without a declared type keep ints ints and floats floats.
+SCHEMA = [
+    "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value) WITHOUT ROWID",
+    """CREATE TABLE IF NOT EXISTS tasks (
+        seq INTEGER PRIMARY KEY, id TEXT NOT NULL UNIQUE, qseq INTEGER NOT NULL,
+        name TEXT NOT NULL, status TEXT NOT NULL, priority INTEGER NOT NULL,
+        created_at, eta, expires_at, started_at, finished_at, attempts INTEGER, retries INTEGER,
+        retries_used INTEGER, recoveries INTEGER, retry_delay, retry_backoff, timeout,
+        has_prev INTEGER, next_id TEXT, worker TEXT, lease_until, lease, cancel_requested INTEGER,
+        progress_done, progress_total, progress_message TEXT, error BLOB, message TEXT,
+        cache_key TEXT, cached INTEGER)""",
+    "CREATE INDEX IF NOT EXISTS tasks_ready ON tasks (priority DESC, qseq) WHERE status = 'pending'",
+    "CREATE INDEX IF NOT EXISTS tasks_eta ON tasks (eta) "
+    "WHERE status IN ('scheduled', 'retrying') AND eta IS NOT NULL",
+    "CREATE INDEX IF NOT EXISTS tasks_lease ON tasks (lease_until) WHERE status = 'running'",
+    # Finished records only: an unfinished one past its expiry is claim's to cancel,
+    # and must not be walked over by every retention pass until then.
+    "CREATE INDEX IF NOT EXISTS tasks_expires ON tasks (expires_at) "
+    "WHERE expires_at IS NOT NULL AND finished_at IS NOT NULL",
+    "CREATE INDEX IF NOT EXISTS tasks_status ON tasks (status)",   # (status, seq)
+    # (name, seq), not (name, status, seq): a state change then leaves it alone.
+    "CREATE INDEX IF NOT EXISTS tasks_name ON tasks (name)",
+    "CREATE INDEX IF NOT EXISTS tasks_finished ON tasks (finished_at) WHERE finished_at IS NOT NULL",
+    "CREATE TABLE IF NOT EXISTS blobs (key INTEGER PRIMARY KEY, external INTEGER NOT NULL, data BLOB)",
+    "CREATE TABLE IF NOT EXISTS outputs (seq INTEGER PRIMARY KEY, text TEXT NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS counts (status TEXT PRIMARY KEY, n INTEGER NOT NULL) WITHOUT ROWID",
+    "CREATE TABLE IF NOT EXISTS jobs (name TEXT PRIMARY KEY, data BLOB NOT NULL)",
+    """CREATE TRIGGER IF NOT EXISTS tasks_added AFTER INSERT ON tasks BEGIN
+        UPDATE counts SET n = n + 1 WHERE status = new.status; END""",
+    """CREATE TRIGGER IF NOT EXISTS tasks_deleted AFTER DELETE ON tasks BEGIN
+        UPDATE counts SET n = n - 1 WHERE status = old.status;
+        DELETE FROM blobs WHERE key BETWEEN old.seq * 4 AND old.seq * 4 + 3;
+        DELETE FROM outputs WHERE seq = old.seq; END""",
+    """CREATE TRIGGER IF NOT EXISTS tasks_moved AFTER UPDATE OF status ON tasks
+        WHEN old.status IS NOT new.status BEGIN
+        UPDATE counts SET n = n - 1 WHERE status = old.status;
+        UPDATE counts SET n = n + 1 WHERE status = new.status; END""",
+]
+OBJECTS = frozenset(re.search(r"EXISTS (\w+)", sql).group(1) for sql in SCHEMA)
+_SAFE_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]{0,199}")
+
+
+# ---- the directory and its files ---------------------------------------------------
+def _check_private(path, st, mode):
+    """Refuse a store file or directory someone else owns or can reach: the store
+    holds pickles, and loading a pickle runs code."""
+    if hasattr(os, "getuid") and st.st_uid != os.getuid():
+        raise NbqueueError(
+            f"store {path!r} belongs to uid {st.st_uid}, not to you (uid {os.getuid()}); nbqueue "
+            "loads pickles from its store, which runs code, so it only uses files you own: "
+            "use a directory you own")
+    if os.name == "posix" and st.st_mode & 0o077:
+        raise NbqueueError(
+            f"store {path!r} can be read or written by group or others (mode "
+            f"{stat.filemode(st.st_mode)}); it holds your tasks' arguments and results as pickles, "
+            "and anyone who can write there could make this process run code. "
+            f"Fix it with: chmod {mode} {shlex.quote(path)}")
+
+
+def _os_problem(path, err):
+    if err.errno == errno.ENAMETOOLONG:
+        return NbqueueError(f"cannot make the store {path[:60]!r}...: the path or one of its names "
+                            "is too long; give a shorter path")
+    parent = path
+    while not os.path.lexists(parent) and parent != os.path.dirname(parent):
+        parent = os.path.dirname(parent)
+    if parent != path and not os.path.isdir(parent):
+        return NbqueueError(f"cannot make the store {path!r}: {parent!r} is not a directory "
+                            "(a file, or a broken link); give a path under a directory")
+    return NbqueueError(f"cannot use {path!r} as a store directory: {err.strerror or err}")
+
+
+def prepare_directory(path):
+    """Create ``path`` (mode 0700) or check an existing one is ours and private.
+    Returns its absolute path. Raises NbqueueError saying how to fix it."""
+    path = os.path.abspath(os.path.expanduser(os.fspath(path)))
+    try:
+        if os.path.islink(path) and not os.path.exists(path):
+            raise NbqueueError(f"store {path!r} is a symbolic link to {os.readlink(path)!r}, which "
+                               "does not exist; create that directory or give another path")
+        if not os.path.exists(path):
+            os.makedirs(path, mode=0o700, exist_ok=True)
+            os.chmod(path, 0o700)  # makedirs' mode is masked by the umask
+        st = os.stat(path)
+    except OSError as err:
+        raise _os_problem(path, err) from err
+    if not stat.S_ISDIR(st.st_mode):
+        raise NbqueueError(f"store {path!r} is a file, not a directory; give a directory path")
+    _check_private(path, st, "700")
+    return path
+
+
+def _check_files(directory):
+    """The database, its side files and values/: ours and private, before any read."""
+    for name, mode in ((DB, "600"), (DB + "-wal", "600"), (DB + "-shm", "600"), (VALUES, "700")):
+        path = os.path.join(directory, name)
+        try:
+            st = os.stat(path)
+        except FileNotFoundError:
+            continue
+        _check_private(path, st, mode)
+
+
+def damaged(path, why):
+    directory = shlex.quote(os.path.dirname(path))
+    return NbqueueError(
+        f"the store database {path!r} {why}: it is damaged. nbqueue will not start an empty store "
+        f"over it; move the directory aside (mv {directory} {directory}.damaged) and use a new one")
+
+
+def survey(directory):
+    """Refuse a directory that is not a store, is of the old format, or whose
+    database was lost. Returns True if it has no database yet (a new store)."""
+    names = set(os.listdir(directory))
+    db = os.path.join(directory, DB)
+    wal = db + "-wal"
+    leftovers = VALUES in names or (os.path.exists(wal) and os.path.getsize(wal) > 0)
+    if DB not in names:
+        if "cache.db" in names:
+            quoted = shlex.quote(directory)
+            raise NbqueueError(
+                f"{directory!r} was written by nbqueue 0.1 in the old format (diskcache's cache.db), "
+                f"which this nbqueue does not read. Move it aside (mv {quoted} {quoted}.old) "
+                "or use a new directory")
+        if leftovers:
+            raise damaged(db, "is missing while its values/ or WAL file is still there")
+        foreign = sorted(names - {DB + "-shm", DB + "-journal"})
+        if foreign:
+            raise NbqueueError(
+                f"{directory!r} is not an nbqueue store: it holds other files "
+                f"({', '.join(foreign[:3])}{', ...' if len(foreign) > 3 else ''}) and no {DB}. "
+                "Give an empty or new directory")
+        return True
+    if os.path.getsize(db) == 0 and leftovers:
+        raise damaged(db, "is empty (0 bytes) while its values/ or WAL file is there")
+    return False
+
+
+def unlink(paths):
+    for path in paths:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+
+
+# ---- rows and records ---------------------------------------------------------------
+def record(row):
+    rec = TaskRecord(**dict(zip(COLS, row)))
+    rec.has_prev, rec.cancel_requested, rec.cached = (
+        bool(rec.has_prev), bool(rec.cancel_requested), bool(rec.cached))
+    if rec.error is not None:
+        rec.error = pickle.loads(rec.error)  # written by this store (files checked at open)
+    rec.output = None                        # not loaded
+    return rec
+
+
+snap = operator.attrgetter(*COLS)   # a record's columns, as a tuple
+ERROR = COLS.index("error")
+
+
+def _row_values(values):
+    """A record's columns as stored: the error dict pickled."""
+    if values[ERROR] is None:
+        return values
+    return (*values[:ERROR], pickle.dumps(values[ERROR]), *values[ERROR + 1:])
+
+
+class Big:
+    """A value over BIG, written to a temp file before the transaction."""
+    __slots__ = ("tmp",)
+
+    def __init__(self, tmp):
+        self.tmp = tmp
+
+
+class Txn:
+    __slots__ = ("con", "after", "undo")
+
+    def __init__(self, con):
+        self.con, self.after, self.undo = con, [], []   # files to unlink after commit / rollback
+
+
+class SqliteDatabase:
+    """The database half of ``SqliteStorage`` (a mixin: the store operations are there)."""
+
+    def _open_store(self, directory, queue_name):
+        """Check, open (or create) the store; ``queue_name`` None: only read its name."""
+        self.directory = prepare_directory(directory)
+        self._path = os.path.join(self.directory, DB)
+        self._values = os.path.join(self.directory, VALUES)
+        self._lock = threading.RLock()
+        self._pid = os.getpid()
+        self._con = None
+        self._forked = []   # a parent's connections: never closed (or freed) in the child
+        new = survey(self.directory)
+        _check_files(self.directory)
+        if new and queue_name is not None:
+            os.close(os.open(self._path, os.O_WRONLY | os.O_CREAT, 0o600))
+            os.chmod(self._path, 0o600)  # the umask may have taken bits, never added any
+        elif new:
+            raise NbqueueError(f"{self.directory!r} is not an nbqueue store (no {DB}); "
+                               "give the directory of a queue, like .nbqueue/default")
+        try:
+            with self._guard():
+                self.queue_name = self._check_schema(queue_name)
+        except BaseException:
+            self.close()
+            raise
+
+    def _check_schema(self, queue_name):
+        con = self._connection()
+        for side in (self._path + "-wal", self._path + "-shm"):
+            with contextlib.suppress(FileNotFoundError):
+                os.chmod(side, 0o600)
+        names = {n for (n,) in con.execute("SELECT name FROM sqlite_master")}
+        if "meta" not in names and queue_name is not None:
+            self._create(con, queue_name)
+            names = {n for (n,) in con.execute("SELECT name FROM sqlite_master")}
+        if "meta" not in names:
+            raise damaged(self._path, "has lost its tables" if names else "holds no store")
+        meta = dict(con.execute("SELECT key, value FROM meta"))
+        if meta.get("format") != FORMAT:
+            raise NbqueueError(
+                f"{self.directory!r} holds an nbqueue store of format {meta.get('format')!r}; this "
+                f"nbqueue reads format {FORMAT}. Use the nbqueue that wrote it, or a new directory")
+        if queue_name is not None and meta.get("queue") != queue_name:
+            raise NbqueueError(
+                f"{self.directory!r} is the store of queue {meta.get('queue')!r}, not {queue_name!r}; "
+                f"one queue per directory: use Queue({meta.get('queue')!r}, storage=...) "
+                "or another directory")
+        if OBJECTS - names or "queue" not in meta:
+            lost = ", ".join(sorted(OBJECTS - names)) or "its queue name"
+            raise damaged(self._path, f"has lost {lost}")
+        return meta["queue"]
+
+    def _create(self, con, queue_name):
+        con.execute("BEGIN IMMEDIATE")
+        try:
+            names = {n for (n,) in con.execute("SELECT name FROM sqlite_master")}
+            if "meta" not in names:  # another process may have made it meanwhile
+                if names or os.path.isdir(self._values):
+                    raise damaged(self._path, "has lost its tables")
+                for sql in SCHEMA:
+                    con.execute(sql)
+                con.executemany("INSERT INTO meta VALUES (?, ?)", (
+                    ("format", FORMAT), ("queue", queue_name), ("seq", 0),
+                    ("lock_holder", None), ("lock_until", None)))
+                con.executemany("INSERT INTO counts VALUES (?, 0)", ((s,) for s in STATES))
+            con.execute("COMMIT")
+        except BaseException:
+            if con.in_transaction:
+                con.execute("ROLLBACK")
+            raise
+        # values/ only once the schema is committed: values/ beside an empty database
+        # then means the database was lost, never a store half made.
+        with contextlib.suppress(FileExistsError):
+            os.mkdir(self._values, 0o700)
+            os.chmod(self._values, 0o700)
+
+    # ---- connection, transactions, errors --------------------------------------------
+    def _connection(self):
+        if self._con is None:
+            con = sqlite3.connect(self._path, timeout=BUSY_TIMEOUT, isolation_level=None,
+                                  check_same_thread=False, cached_statements=256)
+            con.execute("PRAGMA journal_mode=WAL")
+            con.execute("PRAGMA synchronous=NORMAL")
+            # A checkpoint (two fsyncs) every 4000 WAL pages (16 MB) instead of 1000: the
+            # many writes of the same hot pages (counts, the queue's tail) are copied
+            # once, and a busy store spends a quarter as long in fsync.
+            con.execute("PRAGMA wal_autocheckpoint=4000")
+            self._con = con
+        return self._con
+
+    @contextlib.contextmanager
+    def _guard(self):
+        """The lock, and any database error as an NbqueueError that says what to do."""
+        if self._pid != os.getpid():  # forked: the parent's connection and lock are not ours
+            self._forked.append(self._con)
+            self._con, self._lock, self._pid = None, threading.RLock(), os.getpid()
+        with self._lock:
+            try:
+                yield
+            except sqlite3.DatabaseError as err:
+                text = str(err).lower()
+                if isinstance(err, sqlite3.OperationalError):
+                    if "locked" in text or "busy" in text:
+                        raise
+                    if any(w in text for w in ("full", "i/o", "readonly", "unable to open")):
+                        raise NbqueueError(
+                            f"cannot use the store database {self._path!r}: {err}") from err
+                raise damaged(self._path, f"cannot be read ({type(err).__name__}: {err})") from err
+
+    @contextlib.contextmanager
+    def _txn(self):
+        with self._guard():
+            con = self._connection()
+            t = Txn(con)
+            con.execute("BEGIN IMMEDIATE")
+            try:
+                yield t
+                con.execute("COMMIT")
+            except BaseException:
+                if con.in_transaction:
+                    con.execute("ROLLBACK")
+                unlink(t.undo)
+                raise
+        unlink(t.after)
+
+    @contextlib.contextmanager
+    def _snapshot(self):
+        """Several reads that see one state of the store (a WAL read transaction)."""
+        with self._guard():
+            con = self._connection()
+            con.execute("BEGIN")
+            try:
+                yield con
+            finally:
+                con.execute("COMMIT")
+
+    def _one(self, sql, params=()):
+        with self._guard():
+            return self._connection().execute(sql, params).fetchone()
+
+    def _all(self, sql, params=()):
+        with self._guard():
+            return self._connection().execute(sql, params).fetchall()
+
+    def close(self):
+        if self._pid != os.getpid():  # a forked child: the parent's connection is not ours
+            self._forked.append(self._con)
+            self._con, self._lock, self._pid = None, threading.RLock(), os.getpid()
+        with self._lock:
+            if self._con is not None and self._pid == os.getpid():
+                self._con.close()
+            self._con = None
+
+    # ---- rows (inside a transaction) --------------------------------------------------
+    def _take_seq(self, con, n=1):
+        (last,) = con.execute("SELECT value FROM meta WHERE key = 'seq'").fetchone()
+        con.execute("UPDATE meta SET value = ? WHERE key = 'seq'", (last + n,))
+        return last + 1
+
+    def _row(self, con, task_id):
+        row = con.execute(SELECT + " WHERE id = ?", (task_id,)).fetchone()
+        return None if row is None else record(row)
+
+    def _save(self, t, rec, before, **extra):
+        """Write the columns ``rec``'s move changed (and ``extra`` table-only ones)."""
+        after = _row_values(snap(rec))
+        sets = {c: v for c, v, old in zip(COLS, after, _row_values(before)) if v != old}
+        sets.update(extra)
+        if sets:
+            t.con.execute(f"UPDATE tasks SET {', '.join(k + ' = ?' for k in sets)} WHERE seq = ?",
+                          (*sets.values(), rec.seq))
+
+    def _insert(self, t, rec, seq, values):
+        rec.seq = seq
+        try:
+            t.con.execute(INSERT, (*_row_values(snap(rec)), seq))
+        except sqlite3.IntegrityError as err:
+            if "tasks.id" not in str(err):
+                raise
+            raise ValueError(f"task id {rec.id!r} is already in the store") from None
+        for kind, value in values.items():
+            self._put_blob(t, rec, kind, value, new=True)
+        if rec.output:
+            self._put_output(t, rec.seq, rec.output)
+
+    def _put_output(self, t, seq, text):
+        t.con.execute("INSERT OR REPLACE INTO outputs VALUES (?, ?)", (seq, text or ""))
+
+    # ---- values ------------------------------------------------------------------
+    def _file(self, task_id, kind):
+        name = task_id if _SAFE_NAME.fullmatch(task_id) else hashlib.sha256(task_id.encode()).hexdigest()
+        return os.path.join(self._values, f"{name}.{kind}")
+
+    def _stage(self, value):
+        """A big value is written to a temp file now, before the write lock is taken."""
+        if value is None or isinstance(value, (str, int, float)):
+            return value
+        if not isinstance(value, (bytes, bytearray, memoryview)):
+            raise TypeError(f"the SQLite store keeps values as bytes (nbqueue.serializer), "
+                            f"not {type(value).__name__}")
+        if len(value) <= BIG:
+            return bytes(value)
+        if not os.path.isdir(self._values):
+            os.mkdir(self._values, 0o700)
+        fd, tmp = tempfile.mkstemp(dir=self._values, prefix=".tmp-")   # mode 0600
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(value)
+        except BaseException:
+            unlink([tmp])
+            raise
+        return Big(tmp)
+
+    def _put_blob(self, t, rec, kind, value, new=False):
+        path, key = self._file(rec.id, kind), rec.seq * 4 + KIND[kind]
+        old = None if new else t.con.execute(
+            "SELECT external FROM blobs WHERE key = ?", (key,)).fetchone()
+        if isinstance(value, Big):
+            # Renamed into place only now, with the write lock held: a worker that lost
+            # its claim never replaces the file of the run that took it over.
+            os.replace(value.tmp, path)
+            t.undo.append(path)
+            t.con.execute("INSERT OR REPLACE INTO blobs VALUES (?, 1, NULL)", (key,))
+            return
+        if old is not None and old[0]:
+            t.after.append(path)
+        if value is not None:
+            t.con.execute("INSERT OR REPLACE INTO blobs VALUES (?, 0, ?)", (key, value))
+        elif old is not None:
+            t.con.execute("DELETE FROM blobs WHERE key = ?", (key,))
+
+    def _copy_blob(self, t, src, src_kind, dst, dst_kind):
+        """``src``'s value of ``src_kind`` becomes ``dst``'s ``dst_kind`` (records)."""
+        row = t.con.execute("SELECT external, data FROM blobs WHERE key = ?",
+                            (src.seq * 4 + KIND[src_kind],)).fetchone()
+        if row is None:
+            return
+        if row[0]:  # a hard link, not a copy of a big value; each name is unlinked on its own
+            src_path, dst_path = self._file(src.id, src_kind), self._file(dst.id, dst_kind)
+            unlink([dst_path])
+            try:
+                os.link(src_path, dst_path)
+            except OSError:
+                fd, tmp = tempfile.mkstemp(dir=self._values, prefix=".tmp-")
+                with os.fdopen(fd, "wb") as out, open(src_path, "rb") as f:
+                    shutil.copyfileobj(f, out)
+                os.replace(tmp, dst_path)
+            t.undo.append(dst_path)
+        t.con.execute("INSERT OR REPLACE INTO blobs VALUES (?, ?, ?)",
+                      (dst.seq * 4 + KIND[dst_kind], *row))
+
+    def _load(self, con, rec, load):
+        """Load the inline bulky parts named in ``load``; returns the (kind, path) of
+        files to read once the lock is let go (a 200 MB read must not hold others up)."""
+        files = []
+        for kind in VALUE_KINDS:
+            if kind in load:
+                row = con.execute("SELECT external, data FROM blobs WHERE key = ?",
+                                  (rec.seq * 4 + KIND[kind],)).fetchone()
+                if row is not None and row[0]:
+                    files.append((kind, self._file(rec.id, kind)))
+                elif row is not None:
+                    setattr(rec, kind, row[1])
+        if "output" in load:
+            row = con.execute("SELECT text FROM outputs WHERE seq = ?", (rec.seq,)).fetchone()
+            rec.output = "" if row is None else row[0]
+        return files
+
+    def _files_of(self, con, task_id, seq):
+        """The value files of a record about to be deleted."""
+        return [self._file(task_id, VALUE_KINDS[key % 4 - 1]) for (key,) in con.execute(
+            "SELECT key FROM blobs WHERE key BETWEEN ? AND ? AND external = 1", (seq * 4, seq * 4 + 3))]
+
+    def _read_files(self, rec, files):
+        for kind, path in files:
+            try:
+                with open(path, "rb") as f:
+                    _check_private(path, os.fstat(f.fileno()), "600")
+                    setattr(rec, kind, f.read())
+            except FileNotFoundError:
+                raise NbqueueError(f"the {kind} of task {rec.id} is missing: its file {path!r} was "
+                                   "deleted by something other than nbqueue") from None

@@ -1,0 +1,1 @@
+"""What people see and type: widgets, magics, the tqdm drop-in."""

@@ -64,8 +64,7 @@ class Result:
     def _record(self, load=()):
         rec = self.queue.store.get(self.id, load)
         if rec is None:
-            raise TaskNotFound(
-                f"no task {self.id!r} in queue {self.queue.name!r} (never submitted, or purged)")
+            raise self.queue.state.not_found(self.id)
         return rec
 
     # ---- state -------------------------------------------------------

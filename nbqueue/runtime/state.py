@@ -15,7 +15,7 @@ import traceback
 
 from .. import serializer
 from ..records import TaskRecord
-from ..exceptions import TaskCancelled, TaskException
+from ..exceptions import TaskCancelled, TaskException, TaskNotFound
 from ..storage.memo import open_memo
 from ..states import CANCELLED, FINISHED, PENDING, SUCCEEDED
 from .liveness import holder_alive, new_worker_id
@@ -162,6 +162,19 @@ class QueueState:
         except Exception:
             self.log(f"done callback {fn!r} for task {result.id} raised", sys.exc_info())
 
+    def not_found(self, task_id):
+        """The TaskNotFound for a handle whose record is gone, saying why it may be
+        and how to keep records longer."""
+        rules = []
+        if self.keep is not None:
+            rules.append(f"finished records are kept {_span(self.keep)}")
+        if self.max_finished is not None:
+            rules.append(f"at most {self.max_finished:,} finished records are kept")
+        how = ("; ".join(rules) + ": Queue(..., keep=timedelta(days=30), max_finished=...) keeps "
+               "more, keep=None keeps them for ever") if rules else "this queue keeps every record"
+        return TaskNotFound(f"no task {task_id!r} in queue {self.name!r}: never submitted, purged, "
+                            f"or dropped by retention ({how})")
+
     # ---- upkeep, from the heartbeat -------------------------------------------
     def alive(self, worker):
         return holder_alive(worker)
@@ -193,3 +206,11 @@ class QueueState:
         if exc_info is not None:
             text += "".join(traceback.format_exception(*exc_info))
         sys.__stderr__.write(text)
+
+
+def _span(seconds):
+    if seconds % 86400 == 0:
+        return f"{seconds / 86400:g} days"
+    if seconds % 3600 == 0:
+        return f"{seconds / 3600:g} hours"
+    return f"{seconds:g} seconds"

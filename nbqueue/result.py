@@ -21,12 +21,16 @@ class Progress(namedtuple("Progress", "done total message")):
 
     @property
     def fraction(self):
-        if not self.total:
+        try:
+            return max(0.0, min(1.0, self.done / self.total)) if self.total else None
+        except (TypeError, ValueError, ZeroDivisionError):
             return None
-        return max(0.0, min(1.0, self.done / self.total))
 
     def __str__(self):
-        text = f"{self.done:g}/{self.total:g}" if self.total else f"{self.done:g}"
+        try:
+            text = f"{self.done:g}/{self.total:g}" if self.total else f"{self.done:g}"
+        except (TypeError, ValueError):  # a record written by something else: show it as is
+            text = f"{self.done}/{self.total}" if self.total else f"{self.done}"
         return f"{text} {self.message}" if self.message else text
 
 

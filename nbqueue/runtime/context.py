@@ -113,6 +113,11 @@ class TaskContext:
         return {"progress_done": self._done, "progress_total": self._total,
                 "progress_message": self._message, "output": self.output()}
 
+    def final_fields(self):
+        """``fields()`` if anything changed since the last flush, else nothing: a task
+        that printed and reported nothing ends without rewriting them."""
+        return self.fields() if self._dirty else {}
+
     def flush(self, now=None):
         """Write progress and output to the store if they changed; learn of a cancel
         asked from another process. Safe from any thread."""

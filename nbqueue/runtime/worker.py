@@ -18,6 +18,7 @@ from ..states import CANCELLED, FAILED, FINISHED, PENDING, RETRYING, SUCCEEDED
 from . import capture, context
 
 MIN_POLL = 0.002
+PLAIN = frozenset((int, float, str, bytes, bool, type(None), list, dict, tuple))  # never awaitable
 
 
 class WorkerPool:
@@ -130,7 +131,7 @@ class WorkerPool:
                 fields["result"], fields["cached"] = cached, True
             else:
                 value = func(*args, **kwargs)
-                if inspect.isawaitable(value):
+                if type(value) not in PLAIN and inspect.isawaitable(value):
                     value = self._run_async(ctx, value, rec.timeout)
                 if ctx.timed_out:  # it ignored the timeout and finished late anyway
                     raise TaskTimeout(f"task {rec.id} ({rec.name}) ran past its timeout of {rec.timeout}s")
@@ -145,7 +146,7 @@ class WorkerPool:
             capture.unroute(routed)
             ctx.end()
             state.running.pop(rec.id, None)
-        fields.update(ctx.fields())
+        fields.update(ctx.final_fields())
         # Not finished: our lease ran out and the task was requeued; its new run owns it.
         finished, nxt = self.store.finish_and_claim(
             rec.id, self.worker_id, status, self.lease if claim_next and claim_next() else None,

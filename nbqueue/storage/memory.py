@@ -11,7 +11,6 @@ Everything is guarded by one lock, and every read hands out a copy. Indexes:
 - ``_running``: the claimed tasks (as many as there are busy workers).
 """
 
-import bisect
 import heapq
 import itertools
 import threading
@@ -22,6 +21,7 @@ from ..exceptions import InvalidStateError, WorkerLost
 from ..records import PROGRESS_FIELDS
 from ..serializer import describe_exception
 from ..states import FINISHED, PENDING, RUNNING, STATES, TRANSITIONS, WAITING, check_states
+from .seqindex import SeqIndex
 from .base import Storage, check_job_fields, check_load, not_found
 
 FRONT = -(1 << 62)   # qseq of recovered tasks: ahead of every normal one
@@ -37,7 +37,7 @@ class MemoryStorage(Storage):
         self._mutex = threading.Lock()
         self._records = {}                   # id -> record, in seq order (dicts keep it)
         self._by_seq = {}                    # seq -> id
-        self._by_status = {s: [] for s in STATES}
+        self._by_status = {s: SeqIndex() for s in STATES}
         self._by_name = {}
         self._counts = Counter()
         self._ready = []
@@ -58,8 +58,11 @@ class MemoryStorage(Storage):
     def _index(self, rec):
         self._records[rec.id] = rec
         self._by_seq[rec.seq] = rec.id
-        self._by_status[rec.status].append(rec.seq)   # seq only grows: stays sorted
-        self._by_name.setdefault(rec.name, []).append(rec.seq)
+        self._by_status[rec.status].add(rec.seq)
+        names = self._by_name.get(rec.name)
+        if names is None:
+            names = self._by_name[rec.name] = SeqIndex()
+        names.add(rec.seq)
         self._counts[rec.status] += 1
         if rec.expires_at is not None:
             heapq.heappush(self._expiries, (rec.expires_at, rec.seq, rec.id))
@@ -81,8 +84,8 @@ class MemoryStorage(Storage):
         (``front``: a recovered task, ready before the others of its priority)."""
         if old == rec.status:
             return
-        _remove_sorted(self._by_status[old], rec.seq)
-        bisect.insort(self._by_status[rec.status], rec.seq)
+        self._by_status[old].remove(rec.seq)
+        self._by_status[rec.status].add(rec.seq)
         self._counts[old] -= 1
         self._counts[rec.status] += 1
         if old == RUNNING:
@@ -92,9 +95,9 @@ class MemoryStorage(Storage):
     def _drop(self, rec):
         del self._records[rec.id]
         del self._by_seq[rec.seq]
-        _remove_sorted(self._by_status[rec.status], rec.seq)
+        self._by_status[rec.status].remove(rec.seq)
         names = self._by_name[rec.name]
-        _remove_sorted(names, rec.seq)
+        names.remove(rec.seq)
         if not names:
             del self._by_name[rec.name]
         self._counts[rec.status] -= 1
@@ -311,23 +314,23 @@ class MemoryStorage(Storage):
             return {s: self._counts[s] for s in STATES}
 
     def page(self, status=None, name=None, limit=50, offset=0):
-        if status is not None:
-            status = check_states(status)
-        stop = None if limit is None else offset + limit
+        statuses = None if status is None else tuple(dict.fromkeys(check_states(status)))
         with self._mutex:
-            if name is not None:
-                wanted = None if status is None else set(
-                    (status,) if isinstance(status, str) else status)
-                ids = (self._by_seq[s] for s in reversed(self._by_name.get(name, ())))
-                recs = (self._records[i] for i in ids)
-                if wanted is not None:
-                    recs = (r for r in recs if r.status in wanted)
-            elif status is not None:
-                lists = [self._by_status[s] for s in ((status,) if isinstance(status, str) else status)]
-                seqs = heapq.merge(*(reversed(s) for s in lists), reverse=True)
+            if name is not None:  # a name's list, filtered by state on the way
+                seqs = reversed(self._by_name.get(name, ()))
+                recs = (self._records[self._by_seq[s]] for s in seqs)
+                if statuses is not None:
+                    recs = (r for r in recs if r.status in statuses)
+            elif statuses is not None and len(statuses) == 1:
+                recs = (self._records[self._by_seq[s]]
+                        for s in self._by_status[statuses[0]].newest(offset))
+                offset = 0
+            elif statuses is not None:  # newest first across several states
+                seqs = heapq.merge(*(reversed(self._by_status[s]) for s in statuses), reverse=True)
                 recs = (self._records[self._by_seq[s]] for s in seqs)
             else:
                 recs = (self._records[i] for i in reversed(self._records))
+            stop = None if limit is None else offset + limit
             return [r.copy() for r in itertools.islice(recs, offset, stop)]
 
     def find_prefix(self, prefix, limit=2):
@@ -339,7 +342,7 @@ class MemoryStorage(Storage):
         statuses = FINISHED if statuses is None else set(statuses) & FINISHED
         cutoff = None if older_than is None else now - older_than
         with self._mutex:
-            doomed = [self._records[self._by_seq[s]] for st in statuses for s in self._by_status[st]]
+            doomed = [self._records[self._by_seq[s]] for st in statuses for s in reversed(self._by_status[st])]
             doomed = [r for r in doomed if cutoff is None or (r.finished_at or 0) <= cutoff]
             for rec in doomed:
                 self._drop(rec)
@@ -460,9 +463,3 @@ class MemoryStorage(Storage):
         with self._mutex:
             if self._lock_state is not None and self._lock_state[0] == holder:
                 self._lock_state = None
-
-
-def _remove_sorted(seqs, seq):
-    i = bisect.bisect_left(seqs, seq)
-    if i < len(seqs) and seqs[i] == seq:
-        del seqs[i]

@@ -311,13 +311,18 @@ class SqliteDatabase:
             self._con = con
         return self._con
 
+    def _lock_here(self):
+        """This process's lock. A forked child makes its own lock and, on first use, its
+        own connection: the parent's may have been in use by another thread."""
+        if self._pid != os.getpid():
+            self._forked.append(self._con)
+            self._con, self._lock, self._pid = None, threading.RLock(), os.getpid()
+        return self._lock
+
     @contextlib.contextmanager
     def _guard(self):
         """The lock, and any database error as an NbqueueError that says what to do."""
-        if self._pid != os.getpid():  # forked: the parent's connection and lock are not ours
-            self._forked.append(self._con)
-            self._con, self._lock, self._pid = None, threading.RLock(), os.getpid()
-        with self._lock:
+        with self._lock_here():
             try:
                 yield
             except sqlite3.DatabaseError as err:
@@ -341,7 +346,8 @@ class SqliteDatabase:
                 con.execute("COMMIT")
             except BaseException:
                 if con.in_transaction:
-                    con.execute("ROLLBACK")
+                    with contextlib.suppress(sqlite3.Error):  # keep the first error
+                        con.execute("ROLLBACK")
                 unlink(t.undo)
                 raise
         unlink(t.after)
@@ -366,11 +372,8 @@ class SqliteDatabase:
             return self._connection().execute(sql, params).fetchall()
 
     def close(self):
-        if self._pid != os.getpid():  # a forked child: the parent's connection is not ours
-            self._forked.append(self._con)
-            self._con, self._lock, self._pid = None, threading.RLock(), os.getpid()
-        with self._lock:
-            if self._con is not None and self._pid == os.getpid():
+        with self._lock_here():
+            if self._con is not None:
                 self._con.close()
             self._con = None
 
@@ -423,8 +426,9 @@ class SqliteDatabase:
                             f"not {type(value).__name__}")
         if len(value) <= BIG:
             return bytes(value)
-        if not os.path.isdir(self._values):
-            os.mkdir(self._values, 0o700)
+        if not os.path.isdir(self._values):  # deleted by hand: made again, private
+            os.makedirs(self._values, 0o700, exist_ok=True)
+            os.chmod(self._values, 0o700)
         fd, tmp = tempfile.mkstemp(dir=self._values, prefix=".tmp-")   # mode 0600
         try:
             with os.fdopen(fd, "wb") as f:

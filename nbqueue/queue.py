@@ -141,8 +141,9 @@ class Queue:
     def shutdown(self, wait=True, cancel_pending=False):
         """Stop taking tasks. Workers finish their current task and exit (joined if
         ``wait``). With ``cancel_pending``, tasks still waiting are cancelled;
-        otherwise they stay in the store for the next Queue on it. Results stay
-        readable. Submitting afterwards raises QueueClosed."""
+        otherwise they stay in the store for the next Queue on it. The store's
+        files are let go; results stay readable (read from them again).
+        Submitting afterwards raises QueueClosed."""
         with registry.lock:
             if registry.live.get(self._key) is self:
                 del registry.live[self._key]
@@ -154,6 +155,9 @@ class Queue:
                 self.cancel(rec.id)
         self._scheduler.stop(wait)
         self._pool.stop(wait)
+        # Let the store's files go (the SQLite log is merged back); a handle that reads
+        # a result later opens it again.
+        self.store.close()
 
     close = shutdown
 

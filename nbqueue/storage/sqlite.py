@@ -163,8 +163,10 @@ class SqliteStorage(SqliteDatabase, Storage):
                 continue
             rec.start(worker, now + lease, now)
             self._save(t, rec, before, lease=lease)
-            return rec, ended, self._load(t.con, rec, ("payload", "prev", "output") if rec.has_prev
-                                          else ("payload", "output"))
+            # output only if an earlier attempt may have left some: one read less per task
+            parts = ("payload",) + (("prev",) if rec.has_prev else ()) + (
+                ("output",) if rec.attempts > 1 else ())
+            return rec, ended, self._load(t.con, rec, parts)
 
     def finish_and_claim(self, task_id, worker, status, lease, now=None, **fields):
         if status not in TRANSITIONS[RUNNING]:  # refuse before touching anything
@@ -184,8 +186,8 @@ class SqliteStorage(SqliteDatabase, Storage):
                     # Pending again (RetryTask): back to its submit place, not a recovered one's.
                     again = {"qseq": rec.seq} if status == PENDING else {}
                     self._save(t, rec, before, lease=None, **again)
-                    if "result" in fields:
-                        self._put_blob(t, rec, "result", result)
+                    if "result" in fields:  # only a success writes one, once: no old blob
+                        self._put_blob(t, rec, "result", result, new=True)
                     if "output" in fields:
                         self._put_output(t, rec.seq, fields["output"])
                     if rec.finished:

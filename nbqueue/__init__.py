@@ -4,13 +4,22 @@
 display or a magic needs them.
 """
 
-from .runtime.context import check_cancelled, current_task, progress
-from .exceptions import (CancelExecution, InvalidStateError, NbqueueError, QueueClosed,
-                         RetryTask, TaskCancelled, TaskException, TaskNotFound, TaskTimeout,
-                         WorkerLost)
+from .exceptions import (
+    CancelExecution,
+    InvalidStateError,
+    NbqueueError,
+    QueueClosed,
+    RetryTask,
+    TaskCancelled,
+    TaskException,
+    TaskNotFound,
+    TaskTimeout,
+    WorkerLost,
+)
+from .periodic import PeriodicJob
 from .queue import Queue
 from .result import Progress, Result, ResultGroup
-from .periodic import PeriodicJob
+from .runtime.context import check_cancelled, current_task, progress
 from .schedules import crontab
 
 __version__ = "0.1.0"

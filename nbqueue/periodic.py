@@ -12,6 +12,7 @@ from .records import JobRecord
 from .result import Result
 from .schedules import next_tick, zone
 
+
 class PeriodicJob:
     """A periodic job on a queue: ``q.periodic(...)`` returns one, ``q.periodic_jobs()`` lists them.
 

@@ -11,8 +11,18 @@ import dataclasses
 from typing import Any, Optional
 
 from .exceptions import InvalidStateError
-from .states import (CANCELLED, FAILED, FINISHED, PENDING, RETRYING, RUNNING, SCHEDULED, SUCCEEDED,
-                     TRANSITIONS, WAITING)
+from .states import (
+    CANCELLED,
+    FAILED,
+    FINISHED,
+    PENDING,
+    RETRYING,
+    RUNNING,
+    SCHEDULED,
+    SUCCEEDED,
+    TRANSITIONS,
+    WAITING,
+)
 
 #: the fields ``Storage.update`` may change: progress and output, never the state
 PROGRESS_FIELDS = frozenset(("progress_done", "progress_total", "progress_message", "output"))

@@ -14,6 +14,7 @@ from .exceptions import TaskException, TaskNotFound
 from .registry import latest_queue
 from .states import CANCELLED, FAILED, FINISHED, RUNNING, STATES
 
+
 class Progress(namedtuple("Progress", "done total message")):
     """A task's last reported progress. ``fraction`` is None without a total."""
 

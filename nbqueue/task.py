@@ -9,8 +9,14 @@ import time
 from typing import Optional
 
 from .serializer import code_fingerprint, dumps
-from .validation import (HORIZON, check_count, check_number, check_priority, check_seconds,
-                         check_timestamp)
+from .validation import (
+    HORIZON,
+    check_count,
+    check_number,
+    check_priority,
+    check_seconds,
+    check_timestamp,
+)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -14,10 +14,10 @@ import time
 import traceback
 
 from .. import serializer
-from ..records import TaskRecord
 from ..exceptions import TaskCancelled, TaskException, TaskNotFound
-from ..storage.memo import open_memo
+from ..records import TaskRecord
 from ..states import CANCELLED, FINISHED, PENDING, SUCCEEDED
+from ..storage.memo import open_memo
 from .liveness import holder_alive, new_worker_id
 
 HOUSEKEEPING_EVERY = 2.0

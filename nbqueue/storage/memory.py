@@ -20,9 +20,17 @@ from collections import Counter
 from ..exceptions import InvalidStateError, WorkerLost
 from ..records import PROGRESS_FIELDS
 from ..serializer import describe_exception
-from ..states import FINISHED, PENDING, RUNNING, STATES, TRANSITIONS, WAITING, check_states
-from .seqindex import SeqIndex
+from ..states import (
+    FINISHED,
+    PENDING,
+    RUNNING,
+    STATES,
+    TRANSITIONS,
+    WAITING,
+    check_states,
+)
 from .base import Storage, check_job_fields, check_load, not_found
+from .seqindex import SeqIndex
 
 FRONT = -(1 << 62)   # qseq of recovered tasks: ahead of every normal one
 ALIVE_RECHECK = 5.0  # a live holder's lapsed claim is extended by this, then checked again

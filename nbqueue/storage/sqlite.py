@@ -4,16 +4,34 @@ schema, directory checks, connection and value files; this module the operations
 
 import heapq
 import os
-import pickle
 import time
 
 from ..exceptions import InvalidStateError, NbqueueError, WorkerLost
-from ..records import BULKY, OUTCOME_FIELDS, PROGRESS_FIELDS, JobRecord
+from ..records import BULKY, OUTCOME_FIELDS, PROGRESS_FIELDS
 from ..serializer import describe_exception
-from ..states import CANCELLED, FINISHED, PENDING, RETRYING, RUNNING, STATES, TRANSITIONS, check_states
+from ..states import (
+    CANCELLED,
+    FINISHED,
+    PENDING,
+    RETRYING,
+    RUNNING,
+    STATES,
+    TRANSITIONS,
+    check_states,
+)
 from .base import Storage, not_found
-from .sqlitedb import (COLS, SELECT, VALUE_KINDS, Big, SqliteDatabase, prepare_directory,
-                       record, snap, unlink)
+from .sqlitedb import (
+    COLS,
+    SELECT,
+    VALUE_KINDS,
+    Big,
+    SqliteDatabase,
+    prepare_directory,
+    record,
+    snap,
+    unlink,
+)
+from .sqlitejobs import SqliteJobs
 
 __all__ = ["SqliteStorage", "prepare_directory", "queue_name_of"]
 
@@ -38,7 +56,7 @@ def queue_name_of(directory):
     return store.queue_name
 
 
-class SqliteStorage(SqliteDatabase, Storage):
+class SqliteStorage(SqliteJobs, SqliteDatabase, Storage):
     """Durable store in one SQLite database, shared safely by threads and processes.
 
     Layout of a store directory (one queue per directory; the directory is 0700,
@@ -446,98 +464,3 @@ class SqliteStorage(SqliteDatabase, Storage):
                     return 0
         return self._delete_batches("SELECT seq, id FROM tasks INDEXED BY tasks_name WHERE name = ? "
                                     f"AND seq < ? AND status IN {FINISHED_SQL} LIMIT ?", (name, below))
-
-    # ---- periodic jobs and the scheduler lock ----------------------------------
-    def _job(self, con, name):
-        row = con.execute("SELECT data FROM jobs WHERE name = ?", (name,)).fetchone()
-        return None if row is None else pickle.loads(row[0])
-
-    def _put(self, t, job):
-        t.con.execute("INSERT OR REPLACE INTO jobs VALUES (?, ?)", (job.name, pickle.dumps(job)))
-
-    def jobs(self):
-        return {name: pickle.loads(data) for name, data in self._all("SELECT name, data FROM jobs")}
-
-    def get_job(self, name):
-        with self._guard():
-            return self._job(self._connection(), name)
-
-    def put_job(self, job):
-        with self._txn() as t:
-            old = self._job(t.con, job.name)
-            if old is not None:
-                job.take_over(old)
-            self._put(t, job)
-        self.notify_eta()
-        return job
-
-    def update_job(self, name, **fields):
-        wrong = set(fields) - set(JobRecord.__dataclass_fields__)
-        if wrong:
-            raise ValueError(f"a job has no field {', '.join(sorted(wrong))}")
-        with self._txn() as t:
-            job = self._job(t.con, name)
-            if job is None:
-                return None
-            for key, value in fields.items():
-                setattr(job, key, value)
-            self._put(t, job)
-        self.notify_eta()
-        return job
-
-    def remove_job(self, name):
-        with self._txn() as t:
-            found = t.con.execute("DELETE FROM jobs WHERE name = ?", (name,)).rowcount > 0
-        if found:
-            self.notify_eta()
-        return found
-
-    def fire_job(self, name, due, next_run, run=None, **increments):
-        values = {}
-        if run is not None:
-            run.check_new()
-            values = {k: self._stage(getattr(run, k)) for k in VALUE_KINDS
-                      if getattr(run, k) is not None}
-        try:
-            with self._txn() as t:
-                job = self._job(t.con, name)
-                if job is None or (due is not None and job.next_run != due):
-                    return False
-                if due is not None:
-                    job.next_run = next_run
-                for key, n in increments.items():
-                    setattr(job, key, getattr(job, key) + n)
-                if run is not None:
-                    self._insert(t, run, self._take_seq(t.con), values)
-                    job.last_run_id = run.id
-                self._put(t, job)
-        finally:
-            unlink(v.tmp for v in values.values() if isinstance(v, Big))
-        if run is not None and run.status == PENDING:
-            self.notify_work()
-        self.notify_eta()
-        return True
-
-    def _holder(self, con):
-        state = dict(con.execute("SELECT key, value FROM meta "
-                                 "WHERE key IN ('lock_holder', 'lock_until')"))
-        return state.get("lock_holder"), state.get("lock_until")
-
-    def hold_lock(self, holder, ttl, now=None):
-        now = time.time() if now is None else now
-        with self._guard():
-            current, until = self._holder(self._connection())
-        if current is not None and current != holder and until > now:
-            return False  # another's: decided by a plain read
-        with self._txn() as t:
-            current, until = self._holder(t.con)
-            if current is not None and current != holder and until > now:
-                return False
-            t.con.executemany("UPDATE meta SET value = ? WHERE key = ?",
-                              ((holder, "lock_holder"), (now + ttl, "lock_until")))
-        return True
-
-    def release_lock(self, holder):
-        with self._txn() as t:
-            if self._holder(t.con)[0] == holder:
-                t.con.execute("UPDATE meta SET value = NULL WHERE key = 'lock_holder'")

@@ -4,27 +4,32 @@ process behind one lock, transactions, rows to records and back, and the files
 under ``values/`` that hold big values."""
 
 import contextlib
-import errno
 import hashlib
 import operator
 import os
 import pickle
 import re
-import shlex
 import shutil
 import sqlite3
-import stat
 import tempfile
 import threading
 
 from ..exceptions import NbqueueError
-from .checkpointer import BACKSTOP_PAGES, Checkpointer
 from ..records import TaskRecord
 from ..states import STATES
+from .checkpointer import BACKSTOP_PAGES, Checkpointer
+from .storedir import (
+    DB,
+    VALUES,
+    check_files,
+    check_private,
+    damaged,
+    prepare_directory,
+    survey,
+    unlink,
+)
 
 FORMAT = 2
-DB = "nbqueue.db"
-VALUES = "values"
 BIG = 1 << 20            # values over this go to files under values/
 BUSY_TIMEOUT = 60.0      # other processes share the file
 VALUE_KINDS = ("payload", "result", "prev")
@@ -82,108 +87,6 @@ OBJECTS = frozenset(re.search(r"EXISTS (\w+)", sql).group(1) for sql in SCHEMA)
 _SAFE_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]{0,199}")
 
 
-# ---- the directory and its files ---------------------------------------------------
-def _check_private(path, st, mode):
-    """Refuse a store file or directory someone else owns or can reach: the store
-    holds pickles, and loading a pickle runs code."""
-    if hasattr(os, "getuid") and st.st_uid != os.getuid():
-        raise NbqueueError(
-            f"store {path!r} belongs to uid {st.st_uid}, not to you (uid {os.getuid()}); nbqueue "
-            "loads pickles from its store, which runs code, so it only uses files you own: "
-            "use a directory you own")
-    if os.name == "posix" and st.st_mode & 0o077:
-        raise NbqueueError(
-            f"store {path!r} can be read or written by group or others (mode "
-            f"{stat.filemode(st.st_mode)}); it holds your tasks' arguments and results as pickles, "
-            "and anyone who can write there could make this process run code. "
-            f"Fix it with: chmod {mode} {shlex.quote(path)}")
-
-
-def _os_problem(path, err):
-    if err.errno == errno.ENAMETOOLONG:
-        return NbqueueError(f"cannot make the store {path[:60]!r}...: the path or one of its names "
-                            "is too long; give a shorter path")
-    parent = path
-    while not os.path.lexists(parent) and parent != os.path.dirname(parent):
-        parent = os.path.dirname(parent)
-    if parent != path and not os.path.isdir(parent):
-        return NbqueueError(f"cannot make the store {path!r}: {parent!r} is not a directory "
-                            "(a file, or a broken link); give a path under a directory")
-    return NbqueueError(f"cannot use {path!r} as a store directory: {err.strerror or err}")
-
-
-def prepare_directory(path):
-    """Create ``path`` (mode 0700) or check an existing one is ours and private.
-    Returns its absolute path. Raises NbqueueError saying how to fix it."""
-    path = os.path.abspath(os.path.expanduser(os.fspath(path)))
-    try:
-        if os.path.islink(path) and not os.path.exists(path):
-            raise NbqueueError(f"store {path!r} is a symbolic link to {os.readlink(path)!r}, which "
-                               "does not exist; create that directory or give another path")
-        if not os.path.exists(path):
-            os.makedirs(path, mode=0o700, exist_ok=True)
-            os.chmod(path, 0o700)  # makedirs' mode is masked by the umask
-        st = os.stat(path)
-    except OSError as err:
-        raise _os_problem(path, err) from err
-    if not stat.S_ISDIR(st.st_mode):
-        raise NbqueueError(f"store {path!r} is a file, not a directory; give a directory path")
-    _check_private(path, st, "700")
-    return path
-
-
-def _check_files(directory):
-    """The database, its side files and values/: ours and private, before any read."""
-    for name, mode in ((DB, "600"), (DB + "-wal", "600"), (DB + "-shm", "600"), (VALUES, "700")):
-        path = os.path.join(directory, name)
-        try:
-            st = os.stat(path)
-        except FileNotFoundError:
-            continue
-        _check_private(path, st, mode)
-
-
-def damaged(path, why):
-    directory = shlex.quote(os.path.dirname(path))
-    return NbqueueError(
-        f"the store database {path!r} {why}: it is damaged. nbqueue will not start an empty store "
-        f"over it; move the directory aside (mv {directory} {directory}.damaged) and use a new one")
-
-
-def survey(directory):
-    """Refuse a directory that is not a store, is of the old format, or whose
-    database was lost. Returns True if it has no database yet (a new store)."""
-    names = set(os.listdir(directory))
-    db = os.path.join(directory, DB)
-    wal = db + "-wal"
-    leftovers = VALUES in names or (os.path.exists(wal) and os.path.getsize(wal) > 0)
-    if DB not in names:
-        if "cache.db" in names:
-            quoted = shlex.quote(directory)
-            raise NbqueueError(
-                f"{directory!r} was written by nbqueue 0.1 in the old format (diskcache's cache.db), "
-                f"which this nbqueue does not read. Move it aside (mv {quoted} {quoted}.old) "
-                "or use a new directory")
-        if leftovers:
-            raise damaged(db, "is missing while its values/ or WAL file is still there")
-        foreign = sorted(names - {DB + "-shm", DB + "-journal"})
-        if foreign:
-            raise NbqueueError(
-                f"{directory!r} is not an nbqueue store: it holds other files "
-                f"({', '.join(foreign[:3])}{', ...' if len(foreign) > 3 else ''}) and no {DB}. "
-                "Give an empty or new directory")
-        return True
-    if os.path.getsize(db) == 0 and leftovers:
-        raise damaged(db, "is empty (0 bytes) while its values/ or WAL file is there")
-    return False
-
-
-def unlink(paths):
-    for path in paths:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(path)
-
-
 # ---- rows and records ---------------------------------------------------------------
 def record(row):
     rec = TaskRecord(**dict(zip(COLS, row)))
@@ -235,7 +138,7 @@ class SqliteDatabase:
         self._forked = []   # a parent's connections: never closed (or freed) in the child
         self._checkpointer = Checkpointer(self._path, BUSY_TIMEOUT)
         new = survey(self.directory)
-        _check_files(self.directory)
+        check_files(self.directory)
         if new and queue_name is not None:
             os.close(os.open(self._path, os.O_WRONLY | os.O_CREAT, 0o600))
             os.chmod(self._path, 0o600)  # the umask may have taken bits, never added any
@@ -510,7 +413,7 @@ class SqliteDatabase:
         for kind, path in files:
             try:
                 with open(path, "rb") as f:
-                    _check_private(path, os.fstat(f.fileno()), "600")
+                    check_private(path, os.fstat(f.fileno()), "600")
                     setattr(rec, kind, f.read())
             except FileNotFoundError:
                 raise NbqueueError(f"the {kind} of task {rec.id} is missing: its file {path!r} was "

@@ -17,7 +17,17 @@ import html
 import sys
 import time
 
-from ..states import CANCELLED, FAILED, FINISHED, PENDING, RETRYING, RUNNING, SCHEDULED, STATES, SUCCEEDED
+from ..states import (
+    CANCELLED,
+    FAILED,
+    FINISHED,
+    PENDING,
+    RETRYING,
+    RUNNING,
+    SCHEDULED,
+    STATES,
+    SUCCEEDED,
+)
 from .updater import settle, updater  # noqa: F401 -- settle: for %nbqueue wait
 
 COLOURS = {

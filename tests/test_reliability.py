@@ -287,3 +287,33 @@ def test_nan_in_a_retry_is_impossible(make_queue):
     q = make_queue()
     with pytest.raises(ValueError, match="retry_delay"):
         q.task(retries=2, retry_delay=math.nan)(value)
+
+
+def test_unreadable_stored_error_and_job_break_no_reader(tmp_path):
+    """Rows written by something else (another version, a damaged value): each shows
+    as unreadable; pages, the dashboard and the scheduler go on."""
+    import sqlite3
+    store = str(tmp_path / "store")
+    q = nbqueue.Queue("odd-rows", storage=store, workers=1)
+    try:
+        @q.task
+        def boom():
+            raise ValueError("bad")
+
+        r = boom()
+        r.wait(WAIT)
+        good = q.periodic(every=3600)(lambda: 1)
+        con = sqlite3.connect(os.path.join(store, "nbqueue.db"))
+        with con:
+            con.execute("UPDATE tasks SET error = ? WHERE id = ?", (b"not a pickle", r.id))
+            con.execute("INSERT INTO jobs VALUES (?, ?)", ("odd", b"not a pickle either"))
+        con.close()
+        assert r.status == "failed"
+        with pytest.raises(nbqueue.TaskException, match="could not be read"):
+            r.get()
+        assert "odd" in q.dashboard().text() and r.id[:8] in q.dashboard().text()
+        jobs = q.store.jobs()
+        assert jobs["odd"].paused and "could not be read" in jobs["odd"].last_error
+        assert jobs[good.name].schedule.startswith("every")
+    finally:
+        q.shutdown()

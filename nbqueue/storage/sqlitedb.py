@@ -93,7 +93,11 @@ def record(row):
     rec.has_prev, rec.cancel_requested, rec.cached = (
         bool(rec.has_prev), bool(rec.cancel_requested), bool(rec.cached))
     if rec.error is not None:
-        rec.error = pickle.loads(rec.error)  # written by this store (files checked at open)
+        try:  # written by this store (files checked at open)
+            rec.error = pickle.loads(rec.error)
+        except Exception as err:  # one bad record must not break a page or a dashboard
+            rec.error = {"type": "UnreadableError", "traceback": "", "exc": None,
+                         "message": f"the stored error could not be read ({type(err).__name__}: {err})"}
     rec.output = None                        # not loaded
     return rec
 

@@ -4,21 +4,33 @@ one ``jobs`` row per job (the JobRecord pickled), the lock in ``meta``."""
 import pickle
 import time
 
+from ..records import JobRecord
 from ..states import PENDING
 from .base import check_job_fields
 from .sqlitedb import VALUE_KINDS, Big, unlink
 
 
+def _load_job(name, data):
+    """The stored job, or a paused stand-in saying why it cannot be read (written by
+    another version, damaged): one bad job never breaks the others or a dashboard."""
+    try:
+        return pickle.loads(data)
+    except Exception as err:
+        return JobRecord(name=name, schedule="(unreadable)", paused=True, errors=1,
+                         last_error=f"the stored job could not be read ({type(err).__name__}: "
+                                    f"{err}); define it again to replace it")
+
+
 class SqliteJobs:
     def _job(self, con, name):
         row = con.execute("SELECT data FROM jobs WHERE name = ?", (name,)).fetchone()
-        return None if row is None else pickle.loads(row[0])
+        return None if row is None else _load_job(name, row[0])
 
     def _put(self, t, job):
         t.con.execute("INSERT OR REPLACE INTO jobs VALUES (?, ?)", (job.name, pickle.dumps(job)))
 
     def jobs(self):
-        return {name: pickle.loads(data) for name, data in self._all("SELECT name, data FROM jobs")}
+        return {name: _load_job(name, data) for name, data in self._all("SELECT name, data FROM jobs")}
 
     def get_job(self, name):
         with self._guard():

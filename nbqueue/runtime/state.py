@@ -47,6 +47,9 @@ class QueueState:
         self.callbacks = {}      # task id -> [(fn, the Result it was registered on)]
         self.running = {}        # task id -> TaskContext, for tasks this process runs
         self.parents = {}        # task id -> submitting cell, to route display() there
+        # task id -> rich outputs a task displayed (nbformat output dicts, in order),
+        # shown in its widget; in-process only (a sidecar's display() has no kernel)
+        self.displays = {}
         self.memo = None         # the memo cache, opened on first use (``memo_cache``)
         self._lock = threading.Lock()
         self._next_housekeeping = self._next_sweep = 0.0
@@ -109,7 +112,8 @@ class QueueState:
                           timeout=job.timeout, payload=payload)
 
     def forget(self, task_id):
-        """Drop the in-process data of a task that will not run here."""
+        """Drop the in-process data of a task that will not run here (its displays
+        stay until the record goes: its widget still shows them)."""
         self.calls.pop(task_id, None)
         self.parents.pop(task_id, None)
 

@@ -229,6 +229,8 @@ def test_background_timeout_option_stops_a_looping_cell(shell):
     ("--timeout 0", "--timeout 0"),
     ("--timeout -2", "--timeout -2"),
     ("--timeout soon", "invalid float value"),
+    ("--timeout nan", "timeout=nan"),
+    ("--timeout inf", "timeout=inf"),
     ("-o 1abc", "-o 1abc"),
     ("--retrys 2", "unrecognized arguments: --retrys 2"),
     ("-x", "unrecognized arguments: -x"),

@@ -133,8 +133,11 @@ class NbqueueMagics(Magics):
         except SyntaxError as err:
             raise UsageError(f"the cell has a syntax error, nothing was started: {err}") from None
         filename = f"<background cell {next(_cell_counter)}>"
-        task = TaskFunction(q, run_cell, args.name,
-                            make_options(retries=args.retries, timeout=args.timeout))
+        try:  # NaN, inf and the like: a usage error too, not a traceback
+            options = make_options(retries=args.retries, timeout=args.timeout)
+        except (TypeError, ValueError) as err:
+            raise UsageError(f"%%background: {err}") from None
+        task = TaskFunction(q, run_cell, args.name, options)
         result = task(code, filename)
         self.shell.user_ns["_bg"] = result
         if args.output:

@@ -47,6 +47,11 @@ def greet(name):
     return f"hello, {name} (ran at {time.strftime('%H:%M:%S')})"
 
 
+def slow_square(x):
+    time.sleep(0.3)  # stands for an expensive call worth remembering
+    return x * x
+
+
 def _line(r):
     rec = r.queue.store.get(r.id)
     prog = ""
@@ -94,7 +99,7 @@ def main(storage=None, out=sys.stdout):
     q.shutdown()
 
     out.write("\nresults fetched back by id (from a new handle on the store):\n")
-    again = nbqueue.Queue("demo", storage=storage, workers=0)
+    again = nbqueue.Queue("demo", storage=storage, workers=1)
     for task_id in ids:
         r = again.result(task_id)
         try:
@@ -107,6 +112,17 @@ def main(storage=None, out=sys.stdout):
         out.write(f"  {task_id}  {r.name.split('.')[-1]:<8} {r.status:<10} {shown}\n")
         if r.output:
             out.write("".join(f"      | {line}\n" for line in r.output.splitlines()))
+    square = again.task(slow_square, cache=True)
+    out.write("\nmemoized: @q.task(cache=True) remembers a value by code and arguments, "
+              "also across restarts:\n")
+    for _ in range(2):
+        t = time.monotonic()
+        r = square(12)
+        out.write(f"  slow_square(12) = {r.get(timeout=5)}  in {time.monotonic() - t:.2f}s"
+                  f"  cached={r.cached}\n")
+    counts = again.counts()
+    out.write("\nthe store now holds: " + ", ".join(f"{n} {s}" for s, n in counts.items() if n)
+              + " (finished records are kept 7 days: Queue(keep=...))\n")
     again.shutdown()
     directory = again.store.directory
     out.write(f"\nfetch one later with:  nbqueue result {directory} {ids[0]}\n")

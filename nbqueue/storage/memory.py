@@ -6,7 +6,8 @@ Everything is guarded by one lock, and every read hands out a copy. Indexes:
 - ``_ready``: a heap of ``(-priority, qseq, id)``; ``_etas``: a heap of
   ``(eta, seq, id)``; ``_finished`` and ``_expiries``: heaps for retention.
   Heaps are cleaned lazily: an entry whose record moved on is skipped when met.
-- ``_by_status`` / ``_by_name``: sorted lists of ``seq`` (``bisect``), so a page
+- ``_by_status`` / ``_by_name``: sorted sets of ``seq`` (``SeqIndex``) per state and
+  per (name, state), so a page
   or a count never walks the history; ``_counts`` is kept as records move.
 - ``_running``: the claimed tasks (as many as there are busy workers).
 """
@@ -46,7 +47,7 @@ class MemoryStorage(Storage):
         self._records = {}                   # id -> record, in seq order (dicts keep it)
         self._by_seq = {}                    # seq -> id
         self._by_status = {s: SeqIndex() for s in STATES}
-        self._by_name = {}
+        self._by_name = {}                   # (name, state) -> SeqIndex
         self._counts = Counter()
         self._ready = []
         self._etas = []
@@ -67,10 +68,7 @@ class MemoryStorage(Storage):
         self._records[rec.id] = rec
         self._by_seq[rec.seq] = rec.id
         self._by_status[rec.status].add(rec.seq)
-        names = self._by_name.get(rec.name)
-        if names is None:
-            names = self._by_name[rec.name] = SeqIndex()
-        names.add(rec.seq)
+        self._name_index(rec.name, rec.status).add(rec.seq)
         self._counts[rec.status] += 1
         if rec.expires_at is not None:
             heapq.heappush(self._expiries, (rec.expires_at, rec.seq, rec.id))
@@ -94,6 +92,8 @@ class MemoryStorage(Storage):
             return
         self._by_status[old].remove(rec.seq)
         self._by_status[rec.status].add(rec.seq)
+        self._unname(rec.name, old, rec.seq)
+        self._name_index(rec.name, rec.status).add(rec.seq)
         self._counts[old] -= 1
         self._counts[rec.status] += 1
         if old == RUNNING:
@@ -104,12 +104,29 @@ class MemoryStorage(Storage):
         del self._records[rec.id]
         del self._by_seq[rec.seq]
         self._by_status[rec.status].remove(rec.seq)
-        names = self._by_name[rec.name]
-        names.remove(rec.seq)
-        if not names:
-            del self._by_name[rec.name]
+        self._unname(rec.name, rec.status, rec.seq)
         self._counts[rec.status] -= 1
         self._expire_later.discard(rec.id)
+
+    def _name_index(self, name, status):
+        index = self._by_name.get((name, status))
+        if index is None:
+            index = self._by_name[(name, status)] = SeqIndex()
+        return index
+
+    def _unname(self, name, status, seq):
+        index = self._by_name[(name, status)]
+        index.remove(seq)
+        if not index:
+            del self._by_name[(name, status)]
+
+    def _newest(self, indexes, offset=0):
+        """Records newest first across ``indexes`` (SeqIndex), skipping ``offset``."""
+        if len(indexes) == 1:
+            seqs = indexes[0].newest(offset)
+        else:
+            seqs = itertools.islice(heapq.merge(*map(reversed, indexes), reverse=True), offset, None)
+        return (self._records[self._by_seq[s]] for s in seqs)
 
     def _after_finish(self, rec):
         """Pipeline: promote or cancel the steps after a finished ``rec``.
@@ -322,24 +339,18 @@ class MemoryStorage(Storage):
             return {s: self._counts[s] for s in STATES}
 
     def page(self, status=None, name=None, limit=50, offset=0):
-        statuses = None if status is None else tuple(dict.fromkeys(check_states(status)))
+        statuses = STATES if status is None else tuple(dict.fromkeys(check_states(status)))
         with self._mutex:
-            if name is not None:  # a name's list, filtered by state on the way
-                seqs = reversed(self._by_name.get(name, ()))
-                recs = (self._records[self._by_seq[s]] for s in seqs)
-                if statuses is not None:
-                    recs = (r for r in recs if r.status in statuses)
-            elif statuses is not None and len(statuses) == 1:
-                recs = (self._records[self._by_seq[s]]
-                        for s in self._by_status[statuses[0]].newest(offset))
-                offset = 0
-            elif statuses is not None:  # newest first across several states
-                seqs = heapq.merge(*(reversed(self._by_status[s]) for s in statuses), reverse=True)
-                recs = (self._records[self._by_seq[s]] for s in seqs)
-            else:
+            if name is not None:
+                indexes = [self._by_name[(name, s)] for s in statuses if (name, s) in self._by_name]
+            elif status is not None:
+                indexes = [self._by_status[s] for s in statuses]
+            else:  # every record: the dict keeps them in seq order
                 recs = (self._records[i] for i in reversed(self._records))
-            stop = None if limit is None else offset + limit
-            return [r.copy() for r in itertools.islice(recs, offset, stop)]
+                stop = None if limit is None else offset + limit
+                return [r.copy() for r in itertools.islice(recs, offset, stop)]
+            recs = self._newest(indexes, offset) if indexes else ()
+            return [r.copy() for r in itertools.islice(recs, limit)]
 
     def find_prefix(self, prefix, limit=2):
         with self._mutex:
@@ -388,13 +399,8 @@ class MemoryStorage(Storage):
 
     def trim_runs(self, name, keep):
         with self._mutex:
-            kept, doomed = 0, []
-            for seq in reversed(self._by_name.get(name, ())):
-                rec = self._records[self._by_seq[seq]]
-                if rec.finished:
-                    kept += 1
-                    if kept > keep:
-                        doomed.append(rec)
+            indexes = [self._by_name[(name, s)] for s in FINISHED if (name, s) in self._by_name]
+            doomed = list(self._newest(indexes, keep)) if indexes else []
             for rec in doomed:
                 self._drop(rec)
         return len(doomed)

@@ -371,22 +371,24 @@ class SqliteStorage(SqliteJobs, SqliteDatabase, Storage):
         return counts
 
     def page(self, status=None, name=None, limit=50, offset=0):
-        n = -1 if limit is None else limit
         statuses = None if status is None else tuple(dict.fromkeys(check_states(status)))
-        if name is not None:  # (name, seq), the states filtered on the way
-            states = "" if statuses is None else f" AND status IN ({', '.join('?' * len(statuses))})"
-            rows = self._all(SELECT + f" INDEXED BY tasks_name WHERE name = ?{states} "
-                             "ORDER BY seq DESC LIMIT ? OFFSET ?", (name, *(statuses or ()), n, offset))
-        elif statuses is None:
-            rows = self._all(SELECT + " ORDER BY seq DESC LIMIT ? OFFSET ?", (n, offset))
-        elif len(statuses) == 1:
-            rows = self._all(SELECT + " INDEXED BY tasks_status WHERE status = ? ORDER BY seq DESC "
-                             "LIMIT ? OFFSET ?", (statuses[0], n, offset))
-        else:  # one indexed query per state, each at most offset + limit rows, merged here
+        if name is None and statuses is None:
+            return [record(r) for r in self._all(SELECT + " ORDER BY seq DESC LIMIT ? OFFSET ?",
+                                                 (-1 if limit is None else limit, offset))]
+        # One indexed range per state ((status, seq) or (name, status, seq)), each read at
+        # most offset + limit rows deep and merged newest first: O(log N + page).
+        if name is None:
+            sql, params = SELECT + " INDEXED BY tasks_status WHERE status = ?", [(s,) for s in statuses]
+        else:
+            sql = SELECT + " INDEXED BY tasks_name WHERE name = ? AND status = ?"
+            params = [(name, s) for s in statuses or STATES]
+        sql += " ORDER BY seq DESC LIMIT ? OFFSET ?"
+        if len(params) == 1:
+            rows = self._all(sql, (*params[0], -1 if limit is None else limit, offset))
+        else:
             top = -1 if limit is None else offset + limit
-            sql = SELECT + " INDEXED BY tasks_status WHERE status = ? ORDER BY seq DESC LIMIT ?"
             with self._snapshot() as con:
-                runs = [con.execute(sql, (s, top)).fetchall() for s in statuses]
+                runs = [con.execute(sql, (*p, top, 0)).fetchall() for p in params]
             rows = list(heapq.merge(*runs, key=lambda r: r[SEQ], reverse=True))
             rows = rows[offset:None if limit is None else offset + limit]
         return [record(r) for r in rows]
@@ -448,19 +450,17 @@ class SqliteStorage(SqliteJobs, SqliteDatabase, Storage):
         return total
 
     def trim_runs(self, name, keep):
-        # Walk the name's records newest first (its few unfinished ones are skipped)
-        # to the keep-th finished one; the finished ones before it go.
+        # The keep-th newest finished run, from the newest ``keep`` of each finished
+        # state ((name, status, seq) index); the finished ones before it go.
         below = 1 << 62  # above every seq
         if keep > 0:
+            sql = "SELECT seq FROM tasks INDEXED BY tasks_name WHERE name = ? AND status = ? " \
+                  "ORDER BY seq DESC LIMIT ?"
             with self._snapshot() as con:
-                kept = 0
-                for seq, status in con.execute("SELECT seq, status FROM tasks INDEXED BY tasks_name "
-                                               "WHERE name = ? ORDER BY seq DESC", (name,)):
-                    kept += status in FINISHED
-                    if kept == keep:
-                        below = seq
-                        break
-                else:
-                    return 0
+                newest = sorted((seq for st in sorted(FINISHED)
+                                 for (seq,) in con.execute(sql, (name, st, keep))), reverse=True)
+            if len(newest) < keep:
+                return 0
+            below = newest[keep - 1]
         return self._delete_batches("SELECT seq, id FROM tasks INDEXED BY tasks_name WHERE name = ? "
-                                    f"AND seq < ? AND status IN {FINISHED_SQL} LIMIT ?", (name, below))
+                                    f"AND status IN {FINISHED_SQL} AND seq < ? LIMIT ?", (name, below))

@@ -65,8 +65,9 @@ SCHEMA = [
     "CREATE INDEX IF NOT EXISTS tasks_expires ON tasks (expires_at) "
     "WHERE expires_at IS NOT NULL AND finished_at IS NOT NULL",
     "CREATE INDEX IF NOT EXISTS tasks_status ON tasks (status)",   # (status, seq)
-    # (name, seq), not (name, status, seq): a state change then leaves it alone.
-    "CREATE INDEX IF NOT EXISTS tasks_name ON tasks (name)",
+    # (name, status, seq): a page of one name in some states, and a job's history
+    # trim, read only what they return (a state change moves the entry: one page more).
+    "CREATE INDEX IF NOT EXISTS tasks_name ON tasks (name, status)",
     "CREATE INDEX IF NOT EXISTS tasks_finished ON tasks (finished_at) WHERE finished_at IS NOT NULL",
     "CREATE TABLE IF NOT EXISTS blobs (key INTEGER PRIMARY KEY, external INTEGER NOT NULL, data BLOB)",
     "CREATE TABLE IF NOT EXISTS outputs (seq INTEGER PRIMARY KEY, text TEXT NOT NULL)",

@@ -1512,3 +1512,49 @@ def test_sqlite_processes_racing_to_claim_each_get_distinct_tasks(sqlite_dir):
         assert all(r.attempts == 1 for r in store.page(limit=None))
     finally:
         store.close()
+
+
+def test_an_added_record_is_seen_at_once_whatever_other_threads_do(store):
+    """A record is readable (status, get) the moment add() returns, and claimed exactly
+    once, while other threads add, claim and read at the same time."""
+    import threading
+    stop = threading.Event()
+    missing, claimed, errors = [], [], []
+
+    def adder(k):
+        try:
+            for i in range(300):
+                r = rec(id=f"a{k}-{i}")
+                store.add([r])
+                if store.status(r.id) is None or store.get(r.id) is None:
+                    missing.append(r.id)
+        except Exception as exc:  # noqa: BLE001 -- reported below
+            errors.append(exc)
+
+    def claimer():
+        while not stop.is_set():
+            got = store.claim("w", 10)
+            if got is not None:
+                claimed.append(got.id)
+                store.finish(got.id, "w", "succeeded")
+
+    old = sys.getswitchinterval()
+    sys.setswitchinterval(1e-5)
+    try:
+        threads = [threading.Thread(target=adder, args=(k,)) for k in range(3)]
+        threads += [threading.Thread(target=claimer) for _ in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads[:3]:
+            t.join()
+        deadline = time.monotonic() + 10
+        while store.counts()["pending"] and time.monotonic() < deadline:
+            time.sleep(0.01)
+        stop.set()
+        for t in threads[3:]:
+            t.join()
+    finally:
+        sys.setswitchinterval(old)
+    assert not errors and not missing
+    assert sorted(claimed) == sorted(f"a{k}-{i}" for k in range(3) for i in range(300))
+    assert store.counts()["succeeded"] == 900

@@ -17,6 +17,7 @@ once, a finish wakes ``Result.get``), lives in ``Signals`` below, shared by all.
 
 import collections
 import dataclasses
+import itertools
 import threading
 import time
 
@@ -59,13 +60,18 @@ class Signals:
         self._work_waiters = 0
         self._waited = collections.Counter()     # task id -> threads waiting for it to finish
         self.work_seq = 0
+        self._work_counter = itertools.count(1)
         self.done_seq = 0
         self.eta_seq = 0
 
     def notify_work(self, n=1):
-        with self._signal_lock:
-            self.work_seq += 1
-            if self._work_waiters:  # Condition.notify costs a few us even with nobody waiting
+        # No lock unless a worker sleeps: a submitter must not queue behind workers for
+        # a lock (under the GIL that costs up to a switch interval). A waiter counts
+        # itself before it reads work_seq (wait_for_work), and we read the count after
+        # moving work_seq, so either it sees the new work_seq or we see it and notify.
+        self.work_seq = next(self._work_counter)
+        if self._work_waiters:
+            with self._signal_lock:
                 self._work_ready.notify(n)
 
     def notify_done(self, task_id=None):
@@ -90,12 +96,12 @@ class Signals:
         """Sleep until work may be ready (in-process notify) or ``timeout`` passes;
         at once if ``work_seq`` moved past ``seen_seq`` (read before the last look)."""
         with self._signal_lock:
-            if self.work_seq == seen_seq:
-                self._work_waiters += 1
-                try:
+            self._work_waiters += 1  # before reading work_seq: see notify_work
+            try:
+                if self.work_seq == seen_seq:
                     self._work_ready.wait(timeout)
-                finally:
-                    self._work_waiters -= 1
+            finally:
+                self._work_waiters -= 1
 
     def wait_done(self, task_id, timeout=None) -> bool:
         """Block until the task has finished; False on timeout. Raises TaskNotFound.

@@ -12,6 +12,7 @@ Everything is guarded by one lock, and every read hands out a copy. Indexes:
 - ``_running``: the claimed tasks (as many as there are busy workers).
 """
 
+import collections
 import heapq
 import itertools
 import threading
@@ -44,7 +45,10 @@ class MemoryStorage(Storage):
     def __init__(self):
         super().__init__()
         self._mutex = threading.Lock()
-        self._records = {}                   # id -> record, in seq order (dicts keep it)
+        self._records = {}                   # id -> record
+        self._all = SeqIndex()               # every seq, for the unfiltered page
+        self._intake = collections.deque()   # batches added, not yet indexed
+        self._arrived = {}                   # id -> record of those batches
         self._by_seq = {}                    # seq -> id
         self._by_status = {s: SeqIndex() for s in STATES}
         self._by_name = {}                   # (name, state) -> SeqIndex
@@ -66,6 +70,7 @@ class MemoryStorage(Storage):
     # ---- indexes (called with the lock held) ------------------------------
     def _index(self, rec):
         self._records[rec.id] = rec
+        self._all.add(rec.seq)
         self._by_seq[rec.seq] = rec.id
         self._by_status[rec.status].add(rec.seq)
         self._name_index(rec.name, rec.status).add(rec.seq)
@@ -102,6 +107,7 @@ class MemoryStorage(Storage):
 
     def _drop(self, rec):
         del self._records[rec.id]
+        self._all.remove(rec.seq)
         del self._by_seq[rec.seq]
         self._by_status[rec.status].remove(rec.seq)
         self._unname(rec.name, rec.status, rec.seq)
@@ -167,30 +173,45 @@ class MemoryStorage(Storage):
 
     # ---- tasks ---------------------------------------------------------
     def add(self, records):
+        # No lock: the records join an intake queue (a deque append, atomic) that the
+        # next locked operation moves into the indexes; readers see them at once in
+        # ``_arrived``. A submitting thread then never blocks on a lock a worker
+        # holds, which under the GIL costs it up to a switch interval (5 ms) each time.
         records = list(records)
-        with self._mutex:
-            ids = set()
-            for rec in records:
-                rec.check_new()
-                if rec.id in self._records or rec.id in ids:
-                    raise ValueError(f"task id {rec.id!r} is already in the store")
-                ids.add(rec.id)
-            ready = waiting = 0
-            for rec in records:  # kept as given: the caller hands them over
-                rec.seq = next(self._seq)
-                self._index(rec)
-                ready += rec.status == PENDING
-                waiting += rec.eta is not None
+        ids = set()
+        for rec in records:
+            rec.check_new()
+            if rec.id in ids or rec.id in self._arrived or rec.id in self._records:
+                raise ValueError(f"task id {rec.id!r} is already in the store")
+            ids.add(rec.id)
+        ready = waiting = 0
+        for rec in records:
+            rec.seq = next(self._seq)
+            ready += rec.status == PENDING
+            waiting += rec.eta is not None
+        arrived = self._arrived
+        for rec in records:
+            arrived[rec.id] = rec
+        self._intake.append(records)
         if ready:
             self.notify_work(ready)
         if waiting:
             self.notify_eta()
 
+    def _drain(self):
+        """Move added records from the intake into the indexes (with the lock held)."""
+        intake = self._intake
+        while intake:
+            for rec in intake.popleft():
+                self._index(rec)                   # in _records first...
+                self._arrived.pop(rec.id, None)    # ...then out of _arrived: never in neither
+
     def claim(self, worker, lease, now=None):
-        if not self._ready:
+        if not self._ready and not self._intake:
             return None  # an idle look costs no lock
         now = time.time() if now is None else now
         with self._mutex:
+            self._drain()
             before = self._counts["cancelled"]
             rec = self._claim_locked(worker, lease, now)
             ended = self._counts["cancelled"] != before
@@ -204,6 +225,7 @@ class MemoryStorage(Storage):
         now = time.time() if now is None else now
         released = 0
         with self._mutex:
+            self._drain()
             rec = self._records.get(task_id)
             finished = rec is not None and rec.status == RUNNING and rec.worker == worker
             if finished:
@@ -225,6 +247,7 @@ class MemoryStorage(Storage):
         now = time.time() if now is None else now
         held = {}
         with self._mutex:
+            self._drain()
             for task_id in task_ids:
                 rec = self._running.get(task_id)
                 if rec is not None and rec.worker == worker:
@@ -236,10 +259,12 @@ class MemoryStorage(Storage):
         now = time.time() if now is None else now
         handled = []
         with self._mutex:
+            self._drain()
             expired = [rec for rec in self._running.values() if rec.lease_until < now]
         for rec in expired:
             verdict = alive(rec.worker) if alive is not None else None
             with self._mutex:
+                self._drain()
                 if self._running.get(rec.id) is not rec or rec.lease_until >= now:
                     continue
                 if verdict:  # alive but not renewing (a C call holding the GIL): keep its claim
@@ -264,10 +289,11 @@ class MemoryStorage(Storage):
 
     def promote_due(self, now=None):
         now = time.time() if now is None else now
-        if not self._etas or self._etas[0][0] > now:
+        if not self._intake and (not self._etas or self._etas[0][0] > now):
             return 0
         moved = 0
         with self._mutex:
+            self._drain()
             etas = self._etas
             while etas and etas[0][0] <= now:
                 eta, _, task_id = heapq.heappop(etas)
@@ -284,6 +310,7 @@ class MemoryStorage(Storage):
 
     def next_eta(self):
         with self._mutex:
+            self._drain()
             etas = self._etas
             while etas:
                 eta, _, task_id = etas[0]
@@ -296,6 +323,7 @@ class MemoryStorage(Storage):
     def cancel(self, task_id, message="cancelled", now=None):
         now = time.time() if now is None else now
         with self._mutex:
+            self._drain()
             rec = self._records.get(task_id)
             if rec is None:
                 raise not_found(task_id)
@@ -313,12 +341,17 @@ class MemoryStorage(Storage):
 
     def get(self, task_id, load=()):
         check_load(load)
+        rec = self._records.get(task_id)
+        if rec is not None and rec.finished:  # never changed again: no lock to wait for
+            return rec.copy()
         with self._mutex:
+            self._drain()
             rec = self._records.get(task_id)
             return None if rec is None else rec.copy()
 
     def status(self, task_id):
-        rec = self._records.get(task_id)  # one dict read: atomic under the GIL
+        # _arrived first: a record leaves it only once it is in _records
+        rec = self._arrived.get(task_id) or self._records.get(task_id)
         return None if rec is None else rec.status
 
     def update(self, task_id, **fields):
@@ -327,6 +360,7 @@ class MemoryStorage(Storage):
             raise ValueError(f"update() changes progress and output only, not "
                              f"{', '.join(sorted(wrong))}; states move through the state machine")
         with self._mutex:
+            self._drain()
             rec = self._running.get(task_id)
             if rec is None:
                 return None
@@ -336,24 +370,25 @@ class MemoryStorage(Storage):
 
     def counts(self):
         with self._mutex:
+            self._drain()
             return {s: self._counts[s] for s in STATES}
 
     def page(self, status=None, name=None, limit=50, offset=0):
         statuses = STATES if status is None else tuple(dict.fromkeys(check_states(status)))
         with self._mutex:
+            self._drain()
             if name is not None:
                 indexes = [self._by_name[(name, s)] for s in statuses if (name, s) in self._by_name]
             elif status is not None:
                 indexes = [self._by_status[s] for s in statuses]
-            else:  # every record: the dict keeps them in seq order
-                recs = (self._records[i] for i in reversed(self._records))
-                stop = None if limit is None else offset + limit
-                return [r.copy() for r in itertools.islice(recs, offset, stop)]
+            else:
+                indexes = [self._all]
             recs = self._newest(indexes, offset) if indexes else ()
             return [r.copy() for r in itertools.islice(recs, limit)]
 
     def find_prefix(self, prefix, limit=2):
         with self._mutex:
+            self._drain()
             return list(itertools.islice((i for i in self._records if i.startswith(prefix)), limit))
 
     def purge(self, older_than=None, statuses=None, now=None):
@@ -361,6 +396,7 @@ class MemoryStorage(Storage):
         statuses = FINISHED if statuses is None else set(statuses) & FINISHED
         cutoff = None if older_than is None else now - older_than
         with self._mutex:
+            self._drain()
             doomed = [self._records[self._by_seq[s]] for st in statuses for s in reversed(self._by_status[st])]
             doomed = [r for r in doomed if cutoff is None or (r.finished_at or 0) <= cutoff]
             for rec in doomed:
@@ -371,6 +407,7 @@ class MemoryStorage(Storage):
         now = time.time() if now is None else now
         dropped = 0
         with self._mutex:
+            self._drain()
             finished = self._finished
             total = sum(self._counts[s] for s in FINISHED)
             while finished:
@@ -399,6 +436,7 @@ class MemoryStorage(Storage):
 
     def trim_runs(self, name, keep):
         with self._mutex:
+            self._drain()
             indexes = [self._by_name[(name, s)] for s in FINISHED if (name, s) in self._by_name]
             doomed = list(self._newest(indexes, keep)) if indexes else []
             for rec in doomed:
@@ -408,15 +446,18 @@ class MemoryStorage(Storage):
     # ---- periodic jobs and the scheduler lock ----------------------------------
     def jobs(self):
         with self._mutex:
+            self._drain()
             return {name: job.copy() for name, job in self._job_map.items()}
 
     def get_job(self, name):
         with self._mutex:
+            self._drain()
             job = self._job_map.get(name)
             return None if job is None else job.copy()
 
     def put_job(self, job):
         with self._mutex:
+            self._drain()
             old = self._job_map.get(job.name)
             if old is not None:
                 job.take_over(old)
@@ -426,6 +467,7 @@ class MemoryStorage(Storage):
 
     def update_job(self, name, **fields):
         with self._mutex:
+            self._drain()
             job = self._job_map.get(name)
             if job is None:
                 return None
@@ -438,6 +480,7 @@ class MemoryStorage(Storage):
 
     def remove_job(self, name):
         with self._mutex:
+            self._drain()
             found = self._job_map.pop(name, None) is not None
         if found:
             self.notify_eta()
@@ -445,6 +488,7 @@ class MemoryStorage(Storage):
 
     def fire_job(self, name, due, next_run, run=None, **increments):
         with self._mutex:
+            self._drain()
             job = self._job_map.get(name)
             if job is None or (due is not None and job.next_run != due):
                 return False
@@ -467,6 +511,7 @@ class MemoryStorage(Storage):
     def hold_lock(self, holder, ttl, now=None):
         now = time.time() if now is None else now
         with self._mutex:
+            self._drain()
             state = self._lock_state
             if state is not None and state[0] != holder and state[1] > now:
                 return False
@@ -475,5 +520,6 @@ class MemoryStorage(Storage):
 
     def release_lock(self, holder):
         with self._mutex:
+            self._drain()
             if self._lock_state is not None and self._lock_state[0] == holder:
                 self._lock_state = None

@@ -16,6 +16,7 @@ from .exceptions import (
     TaskTimeout,
     WorkerLost,
 )
+from .futures import ALL_COMPLETED, FIRST_COMPLETED, FIRST_EXCEPTION, as_completed, wait
 from .periodic import PeriodicJob
 from .queue import Queue
 from .result import Progress, Result, ResultGroup
@@ -41,6 +42,7 @@ def __getattr__(name):
 __all__ = [
     "Queue", "Result", "ResultGroup", "Progress", "PeriodicJob", "crontab",
     "progress", "current_task", "check_cancelled",
+    "wait", "as_completed", "FIRST_COMPLETED", "FIRST_EXCEPTION", "ALL_COMPLETED",
     "NbqueueError", "TaskException", "TaskCancelled", "TaskTimeout", "TaskNotFound",
     "InvalidStateError", "WorkerLost", "QueueClosed", "RetryTask", "CancelExecution",
 ]

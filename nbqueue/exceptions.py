@@ -1,4 +1,11 @@
-"""The errors nbqueue raises, and the two exceptions a task raises to steer its own run."""
+"""The errors nbqueue raises, and the two exceptions a task raises to steer its own run.
+
+``TaskCancelled`` is also a ``concurrent.futures.CancelledError`` and
+``InvalidStateError`` also a ``concurrent.futures.InvalidStateError``, so code
+written for concurrent.futures catches them unchanged.
+"""
+
+import concurrent.futures  # only its small _base loads; the executors load on first use
 
 
 class NbqueueError(Exception):
@@ -21,9 +28,32 @@ class TaskException(NbqueueError):
         self.task_id = task_id
         super().__init__(f"{exc_type}: {message}" if message else exc_type)
 
+    def __reduce__(self):  # its __init__ takes more than the message
+        return type(self), (self.exc_type, self.message, self.traceback, self.exc, self.task_id)
 
-class TaskCancelled(NbqueueError):
-    """The task was cancelled; also raised inside a task by ``check_cancelled()``."""
+
+class TaskTraceback(Exception):
+    """The traceback of a task's exception as text, formatted where the task ran.
+
+    ``Result.get()`` chains it as the ``__cause__`` of the task's exception when
+    that exception crossed a pickle (which drops tracebacks), the way
+    ``concurrent.futures.ProcessPoolExecutor`` shows a remote traceback: the
+    printed traceback then shows the task's own lines.
+    """
+
+    def __init__(self, text):
+        super().__init__(text)
+        self.text = text
+
+    def __str__(self):
+        return f'\n"""\n{self.text.rstrip()}\n"""'
+
+
+class TaskCancelled(NbqueueError, concurrent.futures.CancelledError):
+    """The task was cancelled; also raised inside a task by ``check_cancelled()``.
+
+    Also a ``concurrent.futures.CancelledError``.
+    """
 
 
 class TaskTimeout(NbqueueError):
@@ -37,8 +67,11 @@ class TaskNotFound(KeyError, NbqueueError):
         return str(self.args[0]) if self.args else ""
 
 
-class InvalidStateError(NbqueueError):
-    """A task was asked to make a move its state machine does not allow."""
+class InvalidStateError(NbqueueError, concurrent.futures.InvalidStateError):
+    """A task was asked to make a move its state machine does not allow.
+
+    Also a ``concurrent.futures.InvalidStateError``.
+    """
 
 
 class WorkerLost(NbqueueError):

@@ -11,6 +11,7 @@ import time
 from collections import Counter, namedtuple
 
 from .exceptions import TaskException, TaskNotFound
+from .futures import future_of
 from .registry import latest_queue
 from .states import CANCELLED, FAILED, FINISHED, RUNNING, STATES
 
@@ -46,7 +47,7 @@ class Result:
     ``TaskNotFound`` if the store has no such task.
     """
 
-    __slots__ = ("id", "queue", "__weakref__")
+    __slots__ = ("id", "queue", "_future", "__weakref__")
 
     def __init__(self, task_id, queue=None):
         if not isinstance(task_id, str) or not task_id:
@@ -184,6 +185,37 @@ class Result:
         """Call ``fn(result)`` once the task has finished (at once if it has)."""
         self.queue.state.add_done_callback(self, fn)
 
+    # ---- futures and asyncio -----------------------------------------
+    def future(self):
+        """A ``concurrent.futures.Future`` that completes when the task ends, for
+        ``asyncio.wrap_future``, ``concurrent.futures.wait`` and ``as_completed``.
+
+        Every call (and every handle on the task in this process) gives the same
+        future while it is held. It completes with the value, with the
+        ``TaskException`` ``get()`` raises, or cancelled (its ``result()`` raises
+        ``TaskCancelled``), from the queue's done callbacks: at once for a task
+        run in this process, within a few seconds for one another process ran.
+        Cancelling the future cancels the task (``cancel()``) and, as
+        concurrent.futures promises, the future at once; a running task that
+        ends before the interruption reaches it keeps its own outcome in the
+        store. Raises TaskNotFound if the task's record is gone.
+        """
+        try:
+            return self._future
+        except AttributeError:
+            pass
+        fut = self._future = future_of(self)
+        return fut
+
+    def __await__(self):
+        """``value = await r``: the value, or what ``get()`` raises, without blocking
+        the event loop (it waits on ``future()``). Cancelling the awaiting coroutine
+        (``asyncio.wait_for`` timing out, a ``TaskGroup``, the end of
+        ``asyncio.run``) stops the wait only: the task runs on, as after an
+        interrupted ``get()``. Cancel the task with ``cancel()``;
+        ``await asyncio.wrap_future(r.future())`` chains cancellation both ways."""
+        return _await_one(self).__await__()
+
     # ---- display -----------------------------------------------------
     def __eq__(self, other):
         return isinstance(other, Result) and other.id == self.id and other.queue.name == self.queue.name
@@ -275,6 +307,12 @@ class ResultGroup:
         """Cancel every member that has not finished; returns how many were cancelled."""
         return sum(bool(r.cancel()) for r in self.results)
 
+    def __await__(self):
+        """``values = await group``: every member's value in order, or what ``get()``
+        raises for the first member (in order) that did not succeed, as soon as
+        that is known. Like ``await r``, cancelling the awaiter cancels no task."""
+        return _await_all(self.results).__await__()
+
     def __repr__(self):
         counts = self.statuses()
         parts = ", ".join(f"{counts[s]} {s}" for s in (*STATES, "purged") if counts[s])
@@ -288,3 +326,33 @@ class ResultGroup:
         return mimebundle(self, repr(self))
 
     _nbqueue_view_ = "group"
+
+
+async def _await_one(result):
+    # Not asyncio.wrap_future: that chains both ways, so an awaiter cancelled by
+    # wait_for, a TaskGroup or asyncio.run's exit would cancel the task. Here a
+    # cancelled awaiter stops waiting and the task runs on, as with get().
+    import asyncio
+    fut = result.future()
+    if not fut.done():
+        loop = asyncio.get_running_loop()
+        waiter = loop.create_future()
+
+        def wake(_fut):  # in whichever thread completed the future
+            try:
+                loop.call_soon_threadsafe(_release, waiter)
+            except RuntimeError:  # the loop is closed: nobody waits any more
+                pass
+
+        fut.add_done_callback(wake)
+        await waiter
+    return fut.result()  # the value, or raises TaskException / TaskCancelled
+
+
+def _release(waiter):
+    if not waiter.done():
+        waiter.set_result(None)
+
+
+async def _await_all(results):
+    return [await _await_one(r) for r in results]

@@ -3,7 +3,7 @@ imports croniter (lazily: ``import nbqueue`` stays light).
 
 Cron lines are read by croniter in the job's timezone (default: local time,
 DST included). A six-field line puts seconds first: ``"*/10 * * * * *"`` runs
-every 10 seconds. ``every=`` intervals are aligned to the epoch, so
+every 10 seconds; ``@hourly @daily @weekly @monthly @yearly`` are shorthands. ``every=`` intervals are aligned to the epoch, so
 ``every=timedelta(seconds=30)`` fires at :00 and :30.
 """
 
@@ -46,21 +46,71 @@ def zone(name):
                          "or 'America/New_York' (None means local time)") from err
 
 
+#: the ``@`` shorthands croniter reads, as their cron lines
+ALIASES = {"@yearly": "0 0 1 1 *", "@annually": "0 0 1 1 *", "@monthly": "0 0 1 * *",
+           "@weekly": "0 0 * * 0", "@daily": "0 0 * * *", "@midnight": "0 0 * * *",
+           "@hourly": "0 * * * *"}
+#: (name as crontab() spells it, what its values are, how many there are)
+FIELDS = (("minute", "minutes are 0-59", 60), ("hour", "hours are 0-23", 24),
+          ("day", "days are 1-31, or L for the last", 31),
+          ("month", "months are 1-12 or jan-dec", 12),
+          ("day_of_week", "days of the week are 0-6 or sun-sat, 7 is Sunday too", 7))
+SECOND = ("second", "seconds are 0-59", 60)
+
+
 def check_cron(line):
-    """Validate a cron line (5 fields, or 6 with seconds first). Returns it stripped."""
-    from croniter import croniter
+    """Validate a cron line: 5 fields (minute hour day month day_of_week), 6 with
+    seconds first, or a shorthand (``@hourly @daily @weekly @monthly @yearly``).
+    Returns it with its spaces normalised (a shorthand as given, in lower case).
+
+    Raises TypeError for a non-string and ValueError, at once, for a bad line: one
+    naming the field that is out of range (``"*/61 * * * *"``: the minute field),
+    or saying the date never occurs (``"0 0 31 2 *"``: February 31).
+    """
+    from croniter import CroniterBadDateError, croniter
     if not isinstance(line, str):
         raise TypeError(f"a cron line is a string like '*/15 * * * *', not {line!r}")
     line = " ".join(line.split())
-    fields = len(line.split())
-    if fields not in (5, 6):
+    if line.startswith("@"):
+        alias = line.lower()
+        if alias not in ALIASES:
+            raise ValueError(f"bad cron line {line!r}: the shorthands are "
+                             f"{', '.join(ALIASES)}; or give 5 fields")
+        return alias
+    fields = line.split()
+    if len(fields) not in (5, 6):
         raise ValueError(
             f"bad cron line {line!r}: give 5 fields (minute hour day month day_of_week) "
-            "or 6 with seconds first ('*/10 * * * * *' = every 10 seconds)")
+            "or 6 with seconds first ('*/10 * * * * *' = every 10 seconds), or a shorthand "
+            "like '@daily'")
+    specs = FIELDS if len(fields) == 5 else (SECOND, *FIELDS)
+    for i, (field, (name, values, size)) in enumerate(zip(fields, specs)):
+        probe = ["*"] * len(fields)
+        probe[i] = field
+        if not croniter.is_valid(" ".join(probe), second_at_beginning=True):
+            raise ValueError(f"bad cron line {line!r}: the {name} field {field!r} is out of "
+                             f"range or unreadable ({values})")
+        for item in field.split(","):
+            step = item.rpartition("/")[2] if "/" in item else ""
+            if step.isdigit() and not 1 <= int(step) <= size:
+                raise ValueError(f"bad cron line {line!r}: the {name} field {field!r} has a "
+                                 f"step of {step}, out of range: give a step from 1 to {size} "
+                                 f"({values})")
     if not croniter.is_valid(line, second_at_beginning=True):
         raise ValueError(f"bad cron line {line!r}: croniter cannot read it; fields are "
                          "minute hour day month day_of_week (a 6th, first, for seconds)")
+    try:
+        croniter(line, _EPOCH_2000, second_at_beginning=True).get_next(float)
+    except CroniterBadDateError:
+        day, month, dow = fields[-3:]
+        also = f" on day_of_week {dow!r}" if dow not in ("*", "?") else ""
+        raise ValueError(f"bad cron line {line!r}: it never fires, the date it names never "
+                         f"occurs (day {day!r} of month {month!r}{also}); pick a day that "
+                         "exists in that month, or 'L' for the last day") from None
     return line
+
+
+_EPOCH_2000 = datetime.datetime(2000, 1, 1, tzinfo=datetime.UTC)
 
 
 class crontab:  # noqa: N801 -- Huey's spelling
@@ -72,13 +122,16 @@ class crontab:  # noqa: N801 -- Huey's spelling
     """
 
     def __init__(self, minute="*", hour="*", day="*", month="*", day_of_week="*", second=None):
-        parts = [minute, hour, day, month, day_of_week]
+        parts = [("minute", minute), ("hour", hour), ("day", day), ("month", month),
+                 ("day_of_week", day_of_week)]
         if second is not None:
-            parts.insert(0, second)
-        for value in parts:
-            if not isinstance(value, (str, int)) or " " in str(value).strip():
-                raise ValueError(f"crontab field {value!r}: give one cron field like '*/5' or '0,30'")
-        self.line = check_cron(" ".join(str(p).strip() for p in parts))
+            parts.insert(0, ("second", second))
+        for name, value in parts:
+            if (isinstance(value, bool) or not isinstance(value, (str, int))
+                    or not str(value).strip() or " " in str(value).strip()):
+                raise ValueError(f"crontab({name}={value!r}): give one cron field like "
+                                 "'*/5', '0,30' or 3")
+        self.line = check_cron(" ".join(str(value).strip() for _, value in parts))
 
     def __str__(self):
         return self.line

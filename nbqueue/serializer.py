@@ -5,8 +5,13 @@ another process runs them without importing the notebook; functions from
 importable modules travel by reference.
 """
 
+import io
 import pickle
+import socket
+import sys
+import threading
 import traceback as tb
+import types
 
 import cloudpickle
 
@@ -26,7 +31,13 @@ def _explain(err):
 
 
 def encode_call(name, func, args, kwargs, retry_on):
-    """Pickle a call. Raises TypeError naming the argument that cannot be pickled."""
+    """Pickle a call. Raises TypeError naming the argument that cannot be pickled,
+    or that is an open file, socket, lock, generator or thread (``refuse``),
+    before pickling anything."""
+    for i, arg in enumerate(args):
+        refuse(arg, f"argument {i} ({type(arg).__name__}) of {name}()")
+    for key, arg in kwargs.items():
+        refuse(arg, f"keyword argument {key!r} ({type(arg).__name__}) of {name}()")
     try:
         return dumps((func, args, kwargs, retry_on))
     except Exception as err:
@@ -47,6 +58,97 @@ def _check(obj, what):
             f"{what} cannot be pickled, so it cannot be stored on disk ({_explain(err)}). "
             "Pass something picklable (a path, plain data), or use Queue(storage='memory'), "
             "which keeps arguments by reference.") from err
+
+
+_PLAIN = frozenset({int, float, str, bytes, bool, type(None), complex})
+_CONTAINERS = (list, tuple, dict, set, frozenset)
+_LOCKS = (type(threading.Lock()), type(threading.RLock()), threading.Condition,
+          threading.Semaphore, threading.Event, threading.Barrier)
+_GENERATORS = (types.GeneratorType, types.AsyncGeneratorType, types.CoroutineType)
+
+
+def refuse(arg, what):
+    """Raise TypeError if ``arg``, or an item of a list, tuple, set or dict ``arg``
+    (one level deep), is something a disk store must not keep: an open file
+    (cloudpickle would copy its whole content into the store), a socket, a lock,
+    a generator or coroutine, a thread. The message names the argument and says
+    what to pass instead. Cheap: a type test per value."""
+    kind = _unshippable(arg)
+    if kind is not None:
+        raise TypeError(f"{what} is {_advice(kind, arg)}")
+    if type(arg) in _PLAIN or not isinstance(arg, _CONTAINERS):
+        return
+    values = arg.values() if isinstance(arg, dict) else arg
+    if all(_kind_of_type(t) is None for t in set(map(type, values))):
+        return  # the common case: one C-speed pass over the types, no per-item Python
+    items = (((f"the value at key {k!r}", v) for k, v in arg.items()) if isinstance(arg, dict)
+             else ((f"item {i}", v) for i, v in enumerate(arg)))
+    for where, item in items:
+        kind = _unshippable(item)
+        if kind is not None:
+            raise TypeError(f"{what}: {where} ({type(item).__name__}) is {_advice(kind, item)}")
+
+
+def _unshippable(obj):
+    """What kind of thing a disk store must not keep ``obj`` is, or None."""
+    kind = _kind_of_type(type(obj))
+    if kind == "file" and any(obj is s for s in (sys.stdout, sys.stderr, sys.stdin)):
+        return None  # cloudpickle ships the standard streams by name
+    if kind == "maybe file":  # tempfile.NamedTemporaryFile's wrapper holds the file
+        return "file" if isinstance(getattr(obj, "__dict__", {}).get("file"), io.IOBase) else None
+    return kind
+
+
+_KINDS = {t: None for t in _PLAIN}  # type -> kind, filled as types are met
+
+
+def _kind_of_type(t):
+    try:
+        return _KINDS[t]
+    except KeyError:
+        pass
+    kind = None
+    if issubclass(t, io.IOBase):
+        kind = None if issubclass(t, (io.BytesIO, io.StringIO)) else "file"
+    elif issubclass(t, socket.socket):
+        kind = "socket"
+    elif issubclass(t, _LOCKS):
+        kind = "lock"
+    elif issubclass(t, _GENERATORS):
+        kind = "generator"
+    elif issubclass(t, threading.Thread):
+        kind = "thread"
+    elif t.__module__ == "tempfile":
+        kind = "maybe file"
+    if len(_KINDS) < 10_000:  # classes made on the fly must not grow it for ever
+        _KINDS[t] = kind
+    return kind
+
+
+_MEMORY = ("; or use Queue(storage='memory'), which keeps arguments by reference in "
+           "this process")
+
+
+def _advice(kind, obj):
+    if kind == "file":
+        name = getattr(obj, "name", None)
+        path = f"the path ({name!r})" if isinstance(name, (str, bytes)) else "its path"
+        return (f"a file object: a disk store would copy the whole file into the store. "
+                f"Pass {path} instead and open the file inside the task" + _MEMORY)
+    if kind == "socket":
+        return ("a socket, which cannot leave this process. Pass its address (a path, or "
+                "host and port) instead and connect inside the task" + _MEMORY)
+    if kind == "lock":
+        article = "an" if type(obj).__name__[0] in "AEIOU" else "a"
+        return (f"{article} {type(obj).__name__}, which only works inside one process. Pass a path "
+                "(a lock file, a directory to write to) or plain data instead and "
+                "coordinate inside the task" + _MEMORY)
+    if kind == "generator":
+        return ("a generator (or coroutine), which cannot be stored and runs only once. Pass "
+                "a list (list(gen)) or the path of the data instead and iterate inside the "
+                "task" + _MEMORY)
+    return ("a thread, which cannot leave this process. Pass what it works on (a path, "
+            "plain data) instead" + _MEMORY)
 
 
 def code_fingerprint(func):

@@ -7,14 +7,14 @@ here (resolve a call, decode a value, report a finish, log), never through
 the Queue's private attributes.
 """
 
-import os
+import random
 import sys
 import threading
 import time
 import traceback
 
 from .. import serializer
-from ..exceptions import TaskCancelled, TaskException, TaskNotFound
+from ..exceptions import TaskCancelled, TaskException, TaskNotFound, TaskTraceback
 from ..records import TaskRecord
 from ..states import CANCELLED, FINISHED, PENDING, SUCCEEDED
 from ..storage.memo import open_memo
@@ -25,8 +25,10 @@ SWEEP_EVERY = 30.0
 
 
 def new_task_id():
-    """32 random hex digits (what uuid4().hex gives, at a fifth of the cost)."""
-    return os.urandom(16).hex()
+    """32 random hex digits, as unique as uuid4's. From ``random`` (seeded from the
+    OS, reseeded after fork), not ``os.urandom``: that system call lets go of the GIL
+    on every submit, and the submitting thread then queues behind busy workers for it."""
+    return f"{random.getrandbits(128):032x}"
 
 
 class QueueState:
@@ -81,15 +83,30 @@ class QueueState:
 
     def outcome(self, rec):
         """The value of a finished record (loaded with its result), or raise what
-        ``Result.get`` raises: TaskException (failed) or TaskCancelled."""
+        ``Result.get`` raises: TaskException (failed) or TaskCancelled.
+
+        The TaskException's ``__cause__`` is the task's own exception when it was
+        kept, so the printed traceback shows the task's lines, as
+        ``ProcessPoolExecutor`` does: an exception still holding its traceback
+        (memory store) shows it as is; one that crossed a pickle (disk store, or
+        never raised) gets a ``TaskTraceback`` cause holding the worker's
+        traceback text. Without the object the TaskTraceback is the cause itself.
+        """
         if rec.status == SUCCEEDED:
             return self.decode_value(rec.result)
         if rec.status == CANCELLED:
             raise TaskCancelled(f"task {rec.id} ({rec.name}) was cancelled" + (
                 f": {rec.message}" if rec.message and rec.message != "cancelled" else ""))
         err = rec.error or {"type": "unknown", "message": "", "traceback": ""}
-        raise TaskException(err["type"], err["message"], err.get("traceback", ""),
-                            self.exception_from(err), rec.id)
+        text = err.get("traceback") or ""
+        exc = self.exception_from(err)
+        remote = TaskTraceback(text) if "Traceback (most recent call last)" in text else None
+        if not isinstance(exc, BaseException):
+            exc = None
+        elif remote is not None and exc.__traceback__ is None and exc.__cause__ is None:
+            exc.__cause__ = remote  # a fresh unpickled copy (or a never-raised object)
+        cause = exc if exc is not None else remote
+        raise TaskException(err["type"], err["message"], text, exc, rec.id) from cause
 
     def job_payload(self, task):
         call = (task.func, (), {}, task.options.retry_on)

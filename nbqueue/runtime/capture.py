@@ -1,14 +1,32 @@
-"""Where a task's output goes: its own record, or the cell that submitted it.
+"""Where a task's output goes: its own record and widget, never another cell.
 
-Output from a thread goes to whichever cell ran last, unless routed. Each task's
-stdout/stderr is caught by a thread-aware stream proxy into its record;
-``display()`` from a task goes to the submitting cell through ipykernel's
-``set_thread_parent`` (>= 7.4; older kernels fall back to the running cell).
+Output from a thread goes to whichever cell ran last, unless routed. The worker
+calls, in the task's thread, ``route_to`` then ``install_capture`` at each task
+start and ``unroute`` at its end:
+
+- stdout/stderr: a thread-aware stream proxy on ``sys.stdout``/``sys.stderr``
+  writes a task's text to its record (``r.output``);
+- ``logging``: handlers made before the queue hold the notebook's stream object
+  itself, not ``sys.stderr``; ``install_capture`` points every ``StreamHandler``
+  on a notebook stream at the same proxy (``logcapture``), so a task's records
+  land in its record and other threads' records go where they went;
+- ``display()``: in a kernel, a task's rich outputs are kept for its widget
+  (``displaycapture``); a tqdm.notebook / tqdm.auto bar it shows drives its
+  progress instead. Without a place to keep them (``displays=None``) they go to
+  the submitting cell through ipykernel's ``set_thread_parent`` (>= 7.4; older
+  kernels fall back to the running cell).
 """
 
 import sys
+import threading
 
+from . import displaycapture, logcapture
 from .context import current_task
+
+_lock = threading.Lock()
+_wrapped = []        # (stream, its proxy on sys.stdout/sys.stderr): the notebook's streams
+_for_handlers = []   # (stream, the proxy logging handlers write to instead)
+MAX_WRAPPED = 16
 
 
 class _StreamProxy:
@@ -43,18 +61,65 @@ class _StreamProxy:
 
 
 def install_capture():
-    """Put the proxy on sys.stdout/sys.stderr again if someone swapped them.
+    """Put the proxy on sys.stdout/sys.stderr again if someone swapped them, and
+    on logging handlers that write to a notebook stream. Never raises.
 
     Called at each task start: ipykernel, pytest and ``redirect_stdout`` all
-    replace the streams.
+    replace the streams, and a ``logging.basicConfig()`` may run at any time.
+    Cheap when nothing changed (two type checks and a small logging check).
     """
-    if type(sys.stdout) is not _StreamProxy:
-        sys.stdout = _StreamProxy(sys.stdout)
-    if type(sys.stderr) is not _StreamProxy:
-        sys.stderr = _StreamProxy(sys.stderr)
+    swapped = type(sys.stdout) is not _StreamProxy or type(sys.stderr) is not _StreamProxy
+    if swapped:
+        with _lock:
+            for name in ("stdout", "stderr"):
+                stream = getattr(sys, name)
+                if type(stream) is not _StreamProxy and stream is not None:
+                    setattr(sys, name, _proxy_for(stream, make=True))
+    try:
+        logcapture.reroute_handlers(notebook_stream_proxy, force=swapped)
+    except Exception:  # a broken handler must not stop the task from running
+        pass
 
 
-# ---- routing rich output to the submitting cell -------------------------------
+def _proxy_for(stream, make):
+    """The proxy standing in for ``stream`` (made if ``make``); call with _lock held."""
+    for target, proxy in _wrapped:
+        if target is stream:
+            return proxy
+    if not make:
+        return None
+    proxy = _StreamProxy(stream)
+    _wrapped.append((stream, proxy))
+    del _wrapped[:-MAX_WRAPPED]
+    return proxy
+
+
+def notebook_stream_proxy(stream):
+    """A proxy for a logging handler to use in place of ``stream`` if that is one
+    of the notebook's streams (one that sys.stdout/sys.stderr wrap or wrapped, or
+    the process's own ``sys.__stdout__``/``sys.__stderr__``, which ipykernel
+    forwards to the notebook), else None. A proxy already is left alone.
+
+    Not the proxy on sys.stderr itself: IPython patches that one's ``write``
+    while a cell runs, and a handler's records from other threads should go
+    exactly where they went before."""
+    if stream is None or type(stream) is _StreamProxy:
+        return None
+    with _lock:
+        for target, proxy in _for_handlers:
+            if target is stream:
+                return proxy
+        known = stream is sys.__stdout__ or stream is sys.__stderr__ or any(
+            target is stream for target, _ in _wrapped)
+        if not known:
+            return None
+        proxy = _StreamProxy(stream)
+        _for_handlers.append((stream, proxy))
+        del _for_handlers[:-MAX_WRAPPED]
+        return proxy
+
+
+# ---- rich output ------------------------------------------------------------
 def submit_parent():
     """The submitting cell's parent message, when ipykernel (>= 7.4) can route a
     thread's output to it (``set_thread_parent``); else None. Cheap outside a kernel."""
@@ -70,19 +135,44 @@ def submit_parent():
         return None
 
 
-def route_to(parent):
-    """Make this thread's display() calls go to ``parent``'s cell; returns what
-    ``unroute`` needs. Pool threads are reused: always ``unroute`` after the task."""
-    if parent is None:
-        return None
-    shell, header = parent
+def route_to(parent, displays=None, task_id=None):
+    """Route this thread's rich output for one task run; returns what ``unroute``
+    needs. Pool threads are reused: always ``unroute`` after the task.
+
+    ``parent`` (from ``submit_parent``, or None): the cell that display() calls
+    go to when they are not kept. ``displays`` (a dict, ``QueueState.displays``)
+    and ``task_id``: in a kernel, every display(), update_display() and
+    clear_output() of this thread goes to ``displays[task_id]`` (a list of
+    nbformat output dicts, created at the first one) instead of a cell. A
+    tqdm.notebook or tqdm.auto bar shown by the task drives its progress and is
+    not shown at all. Never raises.
+    """
+    tokens = None
+    if parent is not None:
+        shell, header = parent
+        try:
+            tokens = shell, shell.set_thread_parent(header)
+        except Exception:
+            tokens = None
     try:
-        return shell, shell.set_thread_parent(header)
+        kept = displaycapture.start(displays, task_id)
     except Exception:
+        kept = None
+    if tokens is None and kept is None:
         return None
+    return tokens, kept
 
 
-def unroute(tokens):
+def unroute(routed):
+    """Undo ``route_to`` (its return value). Never raises."""
+    if routed is None:
+        return
+    tokens, kept = routed
+    if kept is not None:
+        try:
+            displaycapture.stop(kept)
+        except Exception:
+            pass
     if tokens is not None:
         shell, tok = tokens
         try:

@@ -12,7 +12,7 @@ import inspect
 import time
 
 from . import registry, serializer
-from .exceptions import QueueClosed
+from .exceptions import InvalidStateError, QueueClosed
 from .periodic import PeriodicJob, define_job
 from .records import TaskRecord
 from .result import Result, ResultGroup
@@ -21,7 +21,15 @@ from .runtime.scheduler import Scheduler
 from .runtime.state import QueueState, new_task_id
 from .runtime.worker import WorkerPool
 from .schedules import make_schedule
-from .states import FINISHED, PENDING, SCHEDULED, WAITING, check_states
+from .states import (
+    CANCELLED,
+    FAILED,
+    FINISHED,
+    PENDING,
+    SCHEDULED,
+    WAITING,
+    check_states,
+)
 from .storage import open_storage, storage_key
 from .task import Pipeline, Signature, TaskFunction, expires_at, make_options
 from .validation import check_count, check_seconds
@@ -332,6 +340,65 @@ class Queue:
             expires_at=expires_at(opts.expires if expires is None else expires, now),
             retries=opts.retries, retry_delay=opts.retry_delay, retry_backoff=opts.retry_backoff,
             timeout=opts.timeout, payload=payload, cache_key=cache_key)
+
+    def retry(self, task_id):
+        """Submit a failed or cancelled task's call again, as a new task with the same
+        name and options (priority, retries, delays, timeout, what expires
+        counted from now); returns its Result. The new record's ``message`` is
+        ``"retry of <task_id>"``; the old record is left as it was.
+
+        The function is the one registered under the task's name in this process
+        when there is one (as Huey looks tasks up by name: fix the code, re-run
+        its cell, retry), else the stored one. The arguments are the original
+        ones: the live objects while this process holds them (a memory store
+        always does), else the stored copy. A pipeline step is retried alone,
+        with the value it was given; the steps after it stay cancelled.
+
+        Raises TaskNotFound for an unknown id, InvalidStateError unless the task
+        ended failed or cancelled, QueueClosed after ``shutdown``, and TypeError
+        if the call cannot be stored (a disk store that cannot pickle it now).
+        """
+        q = self._live_queue()
+        state = q.state
+        rec = q.store.get(task_id, ("payload", "prev"))
+        if rec is None:
+            raise state.not_found(task_id)
+        if rec.status not in (FAILED, CANCELLED):
+            raise InvalidStateError(
+                f"task {task_id} ({rec.name}) is {rec.status}: only a failed or cancelled task can "
+                "be retried" + ("" if rec.status in FINISHED else "; wait for it, or cancel it first"))
+        call = state.calls.get(task_id)
+        if call is None:
+            call = serializer.decode_call(rec.payload) if state.store.serializes else rec.payload
+        func, args, kwargs, retry_on = call
+        if rec.has_prev:  # the value the previous pipeline step handed it
+            args = (*args, state.decode_value(rec.prev))
+        live = state.tasks.get(rec.name)
+        same = getattr(func, "__qualname__", None)  # not another function of that name
+        if live is not None and same is not None and getattr(live.func, "__qualname__", None) == same:
+            func, retry_on = live.func, live.options.retry_on
+        cache_key = live.cache_key(args, kwargs) if live is not None and live.func is func \
+            and live.options.cache else rec.cache_key  # the key of the code that will run
+        call = (func, args, kwargs, retry_on)
+        now = time.time()
+        new = TaskRecord(
+            id=new_task_id(), name=rec.name, status=PENDING, priority=rec.priority, created_at=now,
+            expires_at=None if rec.expires_at is None else now + max(0.0, rec.expires_at
+                                                                     - rec.created_at),
+            retries=rec.retries, retry_delay=rec.retry_delay, retry_backoff=rec.retry_backoff,
+            timeout=rec.timeout, cache_key=cache_key, message=f"retry of {task_id}",
+            payload=serializer.encode_call(rec.name, *call) if state.store.serializes else call)
+        if state.store.serializes:
+            state.calls[new.id] = call
+        parent = capture.submit_parent()
+        if parent is not None:
+            state.parents[new.id] = parent
+        try:
+            q.store.add([new])
+        except BaseException:
+            state.forget(new.id)
+            raise
+        return Result._new(new.id, q)
 
     # ---- results -------------------------------------------------------
     def result(self, task_id):

@@ -4,8 +4,10 @@ and a notebook exported to static HTML with its widget state.
 What the kernel-side tests (test_notebooks.py) cannot see is checked here on the page:
 a task widget renders under the cell that submitted it, its bar grows while a later
 cell is still running, it ends succeeded/failed/cancelled, its prints are in its own
-log and nowhere else, its Cancel button works, and the offline HTML export renders
-the saved widget state.
+log and nowhere else, its Cancel button works, a task with no total shows moving
+stripes, a cancel not yet acted on shows "cancelling", Retry submits the call again,
+a cell run again closes the models of the widget it showed, and the offline HTML
+export renders the saved widget state.
 
 Needs: ``pip install playwright jupyterlab nbconvert`` (never ``playwright install``:
 Chromium comes from the system, ``apt-get install chromium``), and ``npm`` for the
@@ -47,6 +49,7 @@ REPO = HERE.parent
 ARTIFACTS = HERE / "artifacts"
 QUICKSTART = REPO / "notebooks" / "quickstart.ipynb"
 LIVE = HERE / "browser" / "live.ipynb"
+RETRY = HERE / "browser" / "retry.ipynb"
 KERNEL_NAME = "nbqueue-browser"
 
 # Chromium from the system (apt), never a Playwright-downloaded one.
@@ -76,22 +79,41 @@ window.nbq = {
     const p = this.cell(i) && this.cell(i).querySelector('.jp-InputPrompt');
     return p ? p.textContent.trim() : null;
   },
-  // the first task widget under cell i: bar width (percent), bar classes, state badge, text
+  // the first task widget under cell i (its own parts, not those of a retry's widget
+  // shown inside it): bar width (percent), classes, whether it is striped and moving,
+  // state badge, the buttons a reader sees, the log's title, text
   task(i) {
     const w = this.cell(i) && this.cell(i).querySelector('.nbqueue-task');
-    if (!w) return null;
-    const bar = w.querySelector('.nbqueue-bar .progress-bar');
-    const state = w.querySelector('.nbqueue-state');
-    const button = w.querySelector('button');
-    const counts = w.querySelector('.nbqueue-counts');
+    return w ? this.read(w) : null;
+  },
+  read(w) {
+    const own = sel => Array.from(w.querySelectorAll(sel)).filter(e => e.closest('.nbqueue-task') === w);
+    const fill = own('.nbqueue-bar .nbqueue-fill')[0];
+    const state = own('.nbqueue-state')[0];
+    const counts = own('.nbqueue-counts')[0];
+    const button = name => {
+      const b = own('button').find(b => b.textContent.trim() === name);
+      return b ? {shown: b.offsetParent !== null, disabled: b.disabled} : null;
+    };
+    const cancel = button('Cancel'), retry = button('Retry');
+    const header = own('.jupyter-widget-Collapse-header')[0];
+    const inner = Array.from(w.querySelectorAll('.nbqueue-task'))
+      .filter(e => e.parentElement.closest('.nbqueue-task') === w);
     return {
-      width: bar && bar.style.width ? parseFloat(bar.style.width) : null,
-      barClass: bar ? bar.className : '',
+      width: fill && fill.style.width ? parseFloat(fill.style.width) : null,
+      barClass: fill ? fill.className : '',
+      striped: !!fill && fill.classList.contains('nbqueue-striped'),
+      moving: !!fill && fill.getAnimations().some(a => a.animationName === 'nbqueue-stripes'
+                                                  && a.playState === 'running'),
       status: state ? state.textContent.trim() : null,
       counts: counts ? counts.textContent : '',
-      cancelDisabled: button ? button.disabled : null,
-      log: Array.from(w.querySelectorAll('.widget-output')).map(o => o.textContent).join(''),
+      cancelShown: cancel ? cancel.shown : false,
+      cancelDisabled: cancel ? cancel.disabled : null,
+      retryShown: retry ? retry.shown : false,
+      logTitle: header ? header.textContent.trim() : null,
+      log: own('.widget-output').map(o => o.textContent).join(''),
       text: w.textContent,
+      inner: inner.length ? this.read(inner[0]) : null,  // a retry's widget inside this one
     };
   },
   // a cell's own output text, widget views and prompts left out
@@ -234,7 +256,7 @@ def lab(tmp_path_factory, kernelspec_dir):
         log.close()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")  # Playwright keeps an event loop running: not past this file
 def browser():
     need(sync_playwright is not None, "playwright is not installed (pip install playwright)")
     need(CHROMIUM is not None, "no chromium executable (apt-get install chromium)")
@@ -299,17 +321,26 @@ class Notebook:
         """Until the cell has run (its prompt shows a number)."""
         return self.wait("i => /^\\[\\d+\\]:$/.test(nbq.prompt(i) || '')", self.i(cell_id), timeout)
 
+    def run_cell(self, cell_id):
+        """Run one cell again (select it, Shift+Enter); wait until it has a new number."""
+        before = self.prompt(cell_id)
+        self.cell(cell_id).locator(".jp-InputPrompt").click()
+        self.page.keyboard.press("Shift+Enter")
+        self.wait("([i, b]) => { const p = nbq.prompt(i) || ''; return /^\\[\\d+\\]:$/.test(p) && p !== b; }",
+                  [self.i(cell_id), before])
+
     def open_log(self, cell_id):
         """Expand the task widget's "Log" accordion and return the log's visible text."""
-        widget = self.cell(cell_id).locator(".nbqueue-task")
-        widget.locator(".jupyter-widget-Collapse-header").click()
-        out = widget.locator(".widget-output")
+        widget = self.cell(cell_id).locator(".nbqueue-task").first
+        out = widget.locator(".widget-output").first
+        if not out.is_visible():  # open already: a second click would fold it
+            widget.locator(".jupyter-widget-Collapse-header").first.click()
         out.wait_for(state="visible")
         return out.inner_text()
 
     def run_all(self):
         """Run > Run All Cells. A fresh page was seen to ignore the first menu click, so
-        focus a cell first and try again until a prompt shows [*] or [n]."""
+        focus a cell first and try again until the last cell shows [*] or [n]."""
         page = self.page
         page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle']", timeout=60_000)
         # fold the file browser away: more room for the notebook in the screenshots
@@ -317,16 +348,29 @@ class Notebook:
         page.locator(".jp-SideBar.jp-mod-left .lm-TabBar-tab.lm-mod-current").click()
         page.locator("#jp-left-stack").wait_for(state="hidden")
         for _ in range(3):
+            self.accept_kernel_dialog()
             page.locator(".jp-Notebook .jp-Cell .jp-InputPrompt").first.click()
             page.locator(".lm-MenuBar-itemLabel", has_text=re.compile(r"^Run$")).click()
             page.locator(".lm-Menu-itemLabel", has_text=re.compile(r"^Run All Cells$")).click()
-            try:
-                self.wait("() => Array.from(document.querySelectorAll('.jp-Notebook .jp-InputPrompt'))"
-                          ".some(p => /\\[(\\*|\\d+)\\]/.test(p.textContent))", timeout=5_000)
+            try:  # Run All queues every cell: the last one shows [*] (or has run)
+                self.wait("() => { const p = document.querySelectorAll('.jp-Notebook .jp-CodeCell .jp-InputPrompt');"
+                          " return p.length && /\\[(\\*|\\d+)\\]/.test(p[p.length - 1].textContent); }",
+                          timeout=5_000)
                 return
             except Exception:
-                page.keyboard.press("Escape")
+                if not self.accept_kernel_dialog():
+                    page.keyboard.press("Escape")
         raise AssertionError("Run All Cells did not start the notebook")
+
+    def accept_kernel_dialog(self):
+        """A fresh page sometimes asks "Select Kernel" (its choice already the test's
+        kernel) while Run All starts, and stops the run: accept it. True if it did."""
+        dialog = self.page.locator(".jp-Dialog")
+        if not (dialog.count() and dialog.first.is_visible()):
+            return False
+        dialog.first.locator("button.jp-mod-accept").click()
+        dialog.first.wait_for(state="hidden")
+        return True
 
     def screenshot_whole(self, path):
         """Grow the viewport to the notebook's height, then take a screenshot of it all."""
@@ -421,11 +465,34 @@ def test_live_progress_log_and_cancel_in_jupyterlab(browser, lab):
         assert second["width"] > first["width"]
         observe("bar_growth_while_busy_cell_runs", [first, second])
 
-        # Succeeded: full, green bar; the Cancel button is disabled.
+        # The log's title follows the log: open it while the task prints (a line a
+        # second) and read both every 20 ms; a title behind its log is not left so.
+        nb.open_log("submit")
+        follow = page.evaluate("""i => new Promise(done => {
+            const count = s => (s.match(/\\n/g) || []).length + (s && !s.endsWith('\\n') ? 1 : 0);
+            const t0 = performance.now(); let behind = null, worst = 0, changes = 0, last = null;
+            const tick = () => {
+              const t = nbq.task(i), now = performance.now();
+              const m = /\\((\\d+) lines?/.exec(t.logTitle || '');
+              const titled = m ? +m[1] : 0, lines = count(t.log);
+              if (lines !== last) { changes++; last = lines; }
+              if (titled !== lines) { behind = behind === null ? now : behind; worst = Math.max(worst, now - behind); }
+              else behind = null;
+              if (t.status === 'running' && now - t0 < 3000) setTimeout(tick, 20);
+              else done({worst_ms: Math.round(worst), changes, lines, title: t.logTitle});
+            };
+            tick();
+        })""", nb.i("submit"))
+        observe("log_title_behind_log_ms", follow)
+        assert follow["changes"] >= 2, follow  # it saw the log grow while it read
+        assert follow["worst_ms"] < 500, follow
+
+        # Succeeded: full, green bar; no Cancel, no Retry; "Log (5 lines)".
         done = nb.wait_task("submit", "succeeded")
-        assert done["width"] == 100 and "progress-bar-success" in done["barClass"], done
-        assert done["cancelDisabled"] is True
+        assert done["width"] == 100 and "nbqueue-fill-success" in done["barClass"], done
+        assert not done["cancelShown"] and not done["retryShown"], done
         assert "50/50" in done["text"]
+        assert done["logTitle"] == "Log (5 lines)", done
 
         # The task's prints are in its widget's log, not in the cell that ran meanwhile.
         nb.wait_done("busy")
@@ -468,7 +535,7 @@ def test_live_progress_log_and_cancel_in_jupyterlab(browser, lab):
         nb.cell("blocker-idle").get_by_role("button", name="Cancel").click()
         cancelled = nb.wait_task("blocker-idle", "cancelled", timeout=10_000)
         idle_latency = time.monotonic() - clicked
-        assert cancelled["cancelDisabled"] is True
+        assert not cancelled["cancelShown"] and cancelled["retryShown"], cancelled
         assert "cancelled while running" in cancelled["text"]
         assert idle_latency < 5, f"Cancel on an idle kernel took {idle_latency:.1f} s"
         observe("cancel_while_idle_s", round(idle_latency, 2))
@@ -476,6 +543,76 @@ def test_live_progress_log_and_cancel_in_jupyterlab(browser, lab):
         nb.screenshot_whole(ARTIFACTS / "live-final.png")
 
     with_one_retry("live", browser, lab, body)
+
+
+def test_no_total_cancelling_and_retry_in_jupyterlab(browser, lab):
+    """tests/browser/retry.ipynb in JupyterLab: a task with no total shows a full bar with
+    moving stripes and no fraction; Cancel on a task that does not check for it shows
+    "cancelling" at once, then cancelled, with Retry instead of Cancel; Retry on a failed
+    task shows the new task's widget inside the old one ("retried as ...") and it
+    succeeds; running a cell again closes the models of the widget it showed."""
+
+    def body(page, attempt):
+        url, ids = lab.add_notebook(RETRY, f"retry-{attempt}")
+        nb = Notebook(page, ids)
+        page.goto(url)
+        nb.run_all()
+
+        # No total: striped, moving, full width, and no fraction anywhere.
+        running = nb.wait("i => { const t = nbq.task(i); return t && t.status === 'running'"
+                          " && t.striped && t.moving && t; }", nb.i("stubborn"))
+        assert running["width"] == 100, running
+        assert "/" not in running["counts"] and "%" not in running["text"], running
+        assert running["cancelShown"] and not running["retryShown"], running
+        widget = nb.cell("stubborn").locator(".nbqueue-task")
+        widget.scroll_into_view_if_needed()
+        widget.screenshot(path=ARTIFACTS / "indeterminate.png")
+
+        # Cancel, clicked once every cell has run (a click waits for a busy kernel):
+        # "cancelling" as soon as the widget refreshes, while the task still runs.
+        nb.wait_done("check")
+        assert nb.task("stubborn")["status"] == "running"
+        clicked = time.monotonic()
+        nb.cell("stubborn").get_by_role("button", name="Cancel").click()
+        cancelling = nb.wait_task("stubborn", "cancelling", timeout=5_000)
+        latency = time.monotonic() - clicked
+        assert cancelling["cancelShown"] and cancelling["cancelDisabled"], cancelling
+        assert "nbqueue-fill-warning" in cancelling["barClass"], cancelling
+        widget.screenshot(path=ARTIFACTS / "cancelling.png")
+        observe("click_to_cancelling_badge_s", round(latency, 2))
+        assert latency < 2, f"the cancelling badge took {latency:.1f} s"
+        cancelled = nb.wait_task("stubborn", "cancelled", timeout=20_000)
+        assert not cancelled["cancelShown"] and cancelled["retryShown"], cancelled
+
+        # Retry: the failed task's widget offers it; the new task shows inside, succeeds.
+        failed = nb.wait_task("flaky", "failed")
+        assert failed["retryShown"] and not failed["cancelShown"], failed
+        assert failed["logTitle"] == "Log (1 line)", failed
+        flaky = nb.cell("flaky").locator(".nbqueue-task").first
+        flaky.scroll_into_view_if_needed()
+        flaky.screenshot(path=ARTIFACTS / "retry-button.png")
+        nb.cell("flaky").get_by_role("button", name="Retry").click()
+        retried = nb.wait("i => { const t = nbq.task(i); return t && t.inner"
+                          " && t.inner.status === 'succeeded' && t; }", nb.i("flaky"), timeout=20_000)
+        assert retried["status"] == "failed" and not retried["retryShown"], retried
+        new = retried["inner"]
+        assert "retried as" in retried["text"] and "retry of" in new["text"], retried
+        assert new["width"] == 100 and "nbqueue-fill-success" in new["barClass"], new
+        assert new["logTitle"] == "Log (1 line)" and "flaky: call 2" in new["log"], new
+        flaky.screenshot(path=ARTIFACTS / "retry-succeeded.png")
+
+        # Running a cell again clears its output: the models of the widget it showed
+        # are closed in the kernel; the other views stay.
+        nb.run_cell("show")
+        nb.wait_task("show", "succeeded")
+        nb.run_cell("check")
+        assert nb.output_text("check") == ("first closed: True True True | last closed: False"
+                                           " | flaky's view closed: False")
+        errors = page.locator(".jp-Notebook .jp-OutputArea-output[data-mime-type='application/vnd.jupyter.stderr']")
+        assert errors.count() == 0, errors.all_inner_texts()
+        nb.screenshot_whole(ARTIFACTS / "retry-final.png")
+
+    with_one_retry("retry", browser, lab, body)
 
 
 def test_quickstart_in_jupyterlab(browser, lab):
@@ -495,7 +632,7 @@ def test_quickstart_in_jupyterlab(browser, lab):
         assert errors.count() == 0, errors.all_inner_texts()
 
         crunch = nb.wait_task("submit", "succeeded")
-        assert crunch["width"] == 100 and "progress-bar-success" in crunch["barClass"], crunch
+        assert crunch["width"] == 100 and "nbqueue-fill-success" in crunch["barClass"], crunch
         assert "crunch" in crunch["text"] and "100/100" in crunch["text"]
         log = nb.open_log("submit")
         assert "crunch: step 0" in log and "crunch: step 80" in log, log
@@ -505,7 +642,8 @@ def test_quickstart_in_jupyterlab(browser, lab):
             assert "crunch: step" not in nb.output_text(cell_id), f"a task print leaked into cell {cell_id}"
 
         boom = nb.wait_task("failing", "failed")
-        assert "progress-bar-danger" in boom["barClass"], boom
+        assert "nbqueue-fill-danger" in boom["barClass"], boom
+        assert boom["retryShown"] and not boom["cancelShown"], boom
         error = nb.cell("failing").locator(".nbqueue-error")
         assert "ValueError: bad input: expected a positive number" in error.inner_text()
         assert "Traceback" in error.inner_text()
@@ -574,8 +712,9 @@ def test_static_html_export_renders_widgets(browser, kernelspec_dir, embed_js, t
         # rendered once html-manager has built the views from the saved state
         crunch = page.wait_for_function("i => { const t = nbq.task(i); return t && t.width !== null && t; }",
                                         arg=submit).json_value()
-        assert crunch["width"] == 100 and "progress-bar-success" in crunch["barClass"], crunch
+        assert crunch["width"] == 100 and "nbqueue-fill-success" in crunch["barClass"], crunch
         assert crunch["status"] == "succeeded" and "100/100" in crunch["text"]
+        assert not crunch["cancelShown"] and crunch["logTitle"] == "Log (5 lines)", crunch
         # the saved log: expand the accordion, as a reader would, and read what shows
         widget = page.locator(".jp-Notebook .jp-Cell").nth(submit).locator(".nbqueue-task")
         widget.locator(".jupyter-widget-Collapse-header").click()
@@ -583,7 +722,8 @@ def test_static_html_export_renders_widgets(browser, kernelspec_dir, embed_js, t
         log.wait_for(state="visible")
         assert "crunch: step 0" in log.inner_text() and "crunch: step 80" in log.inner_text()
         boom = page.evaluate("i => nbq.task(i)", ids.index("failing"))
-        assert boom["status"] == "failed" and "progress-bar-danger" in boom["barClass"]
+        assert boom["status"] == "failed" and "nbqueue-fill-danger" in boom["barClass"]
+        assert boom["retryShown"] and boom["logTitle"] == "Log (1 line)", boom
         assert "bad input: expected a positive number" in boom["text"] and "about to fail" in boom["log"]
         # The saved state is the end state (%nbqueue wait settles the displays before its
         # cell ends): no task widget left pending/running, and the dashboard, displayed while

@@ -8,6 +8,7 @@ hold at the end; the assertions read the task widgets from it.
 import json
 import os
 import pathlib
+import re
 import shutil
 import sys
 import textwrap
@@ -81,6 +82,28 @@ class Widgets:
     def log(self, tree):
         return "".join(o.get("text", "") for s in self.of(tree, "OutputModel") for o in s["outputs"])
 
+    def bar(self, tree):
+        """The first progress bar under the tree: (percent filled, kind), percent None
+        for an indeterminate (striped) bar. The bars are HTML (nbqueue.ui.look.bar)."""
+        for value in (s.get("value", "") for s in self.of(tree, "HTMLModel")):
+            m = re.search(r'class="nbqueue-fill nbqueue-fill-(\w+)( nbqueue-striped)?" style="width:([\d.]+)%', value)
+            if m:
+                return (None if m.group(2) else float(m.group(3))), m.group(1)
+        raise AssertionError("no progress bar in this widget")
+
+    def buttons(self, tree):
+        """The descriptions of the buttons a reader sees (a hidden one has a layout
+        with display none or visibility hidden)."""
+        seen = []
+        for s in self.of(tree, "ButtonModel"):
+            layout = self.state[s["layout"].removeprefix("IPY_MODEL_")]["state"]
+            if layout.get("display") != "none" and layout.get("visibility") != "hidden":
+                seen.append(s["description"])
+        return seen
+
+    def titles(self, tree):
+        return [t for s in self.of(tree, "AccordionModel") for t in s["titles"]]
+
 
 def cell(nb, cell_id):
     return next(c for c in nb.cells if c.get("id") == cell_id)
@@ -118,12 +141,13 @@ def test_quickstart_runs_without_errors(quickstart):
 def test_task_widget_under_submitting_cell_holds_final_state(quickstart):
     w = Widgets(quickstart)
     tree = w.tree(view_id(cell(quickstart, "submit")))
-    [bar] = w.of(tree, "FloatProgressModel")
-    assert (bar["value"], bar["max"], bar["bar_style"]) == (100.0, 100.0, "success")
+    assert w.bar(tree) == (100.0, "success")
     html = w.html(tree)
     assert "crunch" in html and "nbqueue-succeeded" in html
     assert "100/100" in html and "step 100 of 100" in html
-    assert [s["description"] for s in w.of(tree, "ButtonModel")] == ["Cancel"]
+    assert w.buttons(tree) == []  # no Cancel once finished, no Retry after a success
+    # the log's title counts its lines (crunch printed 5)
+    assert w.titles(tree) == ["Log (5 lines)"]
 
 
 def test_task_prints_stay_in_its_widget_log(quickstart):
@@ -144,8 +168,10 @@ def test_failed_task_widget_shows_error_and_traceback(quickstart):
     assert "nbqueue-failed" in html
     assert "ValueError" in html and "bad input: expected a positive number" in html
     assert "Traceback" in html
-    assert w.of(tree, "FloatProgressModel")[0]["bar_style"] == "danger"
+    assert w.bar(tree)[1] == "danger"
     assert "about to fail" in w.log(tree)
+    assert w.titles(tree) == ["Log (1 line)"]
+    assert w.buttons(tree) == ["Retry"]
 
 
 def test_retry_and_cancel_widgets_end_in_their_states(quickstart):
@@ -154,14 +180,14 @@ def test_retry_and_cancel_widgets_end_in_their_states(quickstart):
     assert "nbqueue-succeeded" in retried and "attempt 3" in retried.replace("attempts 3", "attempt 3")
     cancelled = w.tree(view_id(cell(quickstart, "cancel")))
     assert "nbqueue-cancelled" in w.html(cancelled)
+    assert w.buttons(cancelled) == ["Retry"]
     assert "slow: cancelled" in text_of(cell(quickstart, "by-id"))
 
 
 def test_group_widget_counts_every_task(quickstart):
     w = Widgets(quickstart)
     tree = w.tree(view_id(cell(quickstart, "group")))
-    [bar] = w.of(tree, "FloatProgressModel")
-    assert (bar["value"], bar["max"]) == (3.0, 3.0)
+    assert w.bar(tree) == (100.0, "success")
     assert "3/3" in w.html(tree) or "3 of 3" in w.html(tree)
 
 
@@ -185,6 +211,46 @@ def test_results_by_id_and_dashboard(quickstart):
     for name in ("crunch", "flaky", "boom", "forever"):
         assert name in dashboard
     assert "nbqueue-running" not in dashboard  # %nbqueue wait left it up to date
+
+
+# Measured on this repo (quickstart: 7 tasks, a group of 3, %%background, the dashboard):
+# before the lean widgets 338 models / 275 KB of widget state; after, 127 models / 96 KB
+# (a task view is 10 models on shared layouts and styles; the dashboard keeps 25 rows).
+MAX_WIDGET_STATE = 150_000
+MAX_MODELS = 150
+
+
+def test_quickstart_saves_lean_widget_state(quickstart):
+    """The saved widget state stays small: views share their layouts and styles and
+    the dashboard reuses its row models instead of making new ones."""
+    state = quickstart.metadata["widgets"][WIDGET_STATE]
+    size = len(json.dumps(state))
+    models = state["state"]
+    counts = {}
+    for m in models.values():
+        counts[m["model_name"]] = counts.get(m["model_name"], 0) + 1
+    print(f"\nquickstart widget state: {len(models)} models, {size} bytes: {counts}")
+    assert size < MAX_WIDGET_STATE, (size, counts)
+    assert len(models) <= MAX_MODELS, counts
+    assert counts.get("LayoutModel", 0) <= 12, counts  # shared, not one per widget
+    # every saved model is part of a displayed widget or shared by them: nothing left over
+    w = Widgets(quickstart)
+    shown = set()
+    for c in quickstart.cells:
+        for o in c.get("outputs", ()):
+            if WIDGET_VIEW in o.get("data", {}):
+                shown.update(_reachable(w.state, o["data"][WIDGET_VIEW]["model_id"]))
+    assert set(models) == shown, f"{len(set(models) - shown)} saved models belong to no widget"
+
+
+def _reachable(state, model_id, seen=None):
+    seen = set() if seen is None else seen
+    if model_id in seen or model_id not in state:
+        return seen
+    seen.add(model_id)
+    for ref in re.findall(r"IPY_MODEL_([0-9a-f]+)", json.dumps(state[model_id]["state"])):
+        _reachable(state, ref, seen)
+    return seen
 
 
 def test_periodic_notebook(tmp_path, kernel_name):

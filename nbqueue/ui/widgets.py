@@ -10,31 +10,46 @@ shows just like one run here, and a task calling ``progress()`` a million times
 costs the frontend a few messages a second. The log is replaced by assigning
 ``Output.outputs``, never by ``clear_output()`` from a thread.
 
+Views are lean: few models each, on layouts and styles shared by all
+(``look.shared``), so a saved notebook carries little widget state; a view
+whose cell ran again is closed (``Updater.shown``). A Retry button (failed or
+cancelled task) is a click handler, so it runs in the main thread: it submits
+the call again and builds the new task's view there; the updater shows it.
+
 Outside a kernel, or without ipywidgets, everything displays as text.
 """
 
 import html
 import sys
+import threading
 import time
 
 from ..states import (
     CANCELLED,
     FAILED,
     FINISHED,
-    PENDING,
     RETRYING,
     RUNNING,
     SCHEDULED,
     STATES,
     SUCCEEDED,
 )
+from .dashboard import DashboardView
+from .look import (
+    BAR_KINDS,
+    View,
+    badge,
+    bar,
+    duration,
+    error_html,
+    log_title,
+    next_run_text,
+    progress_text,
+    shown_status,
+)
 from .updater import settle, updater  # noqa: F401 -- settle: for %nbqueue wait
 
-COLOURS = {
-    PENDING: "#6c757d", SCHEDULED: "#6f42c1", RUNNING: "#0d6efd", RETRYING: "#fd7e14",
-    SUCCEEDED: "#198754", FAILED: "#dc3545", CANCELLED: "#adb5bd",
-}
-BAR_STYLES = {SUCCEEDED: "success", FAILED: "danger", CANCELLED: "warning", RETRYING: "warning"}
+RETRY_OF = "retry of "  # how Queue.retry() marks the new task's record (its message)
 
 
 def widgets_available():
@@ -58,11 +73,26 @@ def mimebundle(obj, text):
         return {"text/plain": text}
     try:
         view = view_for(obj)
+        data = view.box._repr_mimebundle_()
     except Exception as exc:  # a display must never raise into the user's cell
         return {"text/plain": f"{text}\n(nbqueue: no widget: {exc})"}
-    data = view.box._repr_mimebundle_()
+    updater().shown(view, _current_cell())
     data["text/plain"] = text
     return data
+
+
+def _current_cell():
+    """The id of the cell running now (JupyterLab sends it as ``cellId``), or None:
+    from another thread (a task's display goes to its submitting cell, not
+    necessarily this one), or from a client that sends none."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    try:
+        shell = sys.modules["IPython"].get_ipython()
+        parent = shell.kernel.get_parent() or {}
+        return (parent.get("metadata") or {}).get("cellId") or None
+    except Exception:
+        return None
 
 
 def view_for(obj):
@@ -84,68 +114,54 @@ def finished_state(status):
     return status in FINISHED
 
 
-def _badge(status):
-    colour = COLOURS.get(status, "#6c757d")
-    return (f'<span class="nbqueue-state nbqueue-{status}" style="background:{colour};color:white;'
-            f'border-radius:4px;padding:1px 8px;font-size:90%">{status}</span>')
+_progress_text = progress_text  # the name this had before the views moved their pieces to look.py
 
 
-def _duration(seconds):
-    if seconds is None:
-        return ""
-    seconds = max(0, int(seconds))
-    h, rest = divmod(seconds, 3600)
-    m, s = divmod(rest, 60)
-    return f"{h}:{m:02d}:{s:02d}" if h else f"{m:02d}:{s:02d}"
-
-
-def _next_run_text(job):
-    """'paused', 'next 14:05:00' or 'not scheduled' for a JobRecord."""
-    if job.paused:
-        return "paused"
-    if not job.next_run:
-        return "not scheduled"
-    return "next " + time.strftime("%H:%M:%S", time.localtime(job.next_run))
-
-
-def _error_html(rec):
-    err = rec.error or {}
-    head = html.escape(f"{err.get('type', 'error')}: {err.get('message', '')}")
-    return (f'<div class="nbqueue-error" style="color:#dc3545"><b>{head}</b>'
-            f'<pre style="font-size:85%;white-space:pre-wrap;max-height:20em;overflow:auto">'
-            f"{html.escape(err.get('traceback') or '')}</pre></div>")
-
-
-class TaskView:
-    """Name, state, progress bar (pulsing when there is no total), done/total, elapsed,
-    ETA, attempts, last message, Cancel button, and a collapsible log; the error and
-    traceback on failure."""
+class TaskView(View):
+    """Name, state, progress bar (moving stripes when there is no total), done/total,
+    elapsed, ETA, attempts, last message, Cancel while it can be cancelled, Retry
+    once it failed or was cancelled, and a collapsible log of its prints and
+    displays; the error and traceback on failure."""
 
     def __init__(self, result):
-        import ipywidgets as w
+        w = self._start()
         self.result = result
-        self.final = False
-        self._pulse = 0
-        self._shown_output = None
-        self.title = w.HTML(layout=w.Layout(flex="1 1 auto"))
-        self.state = w.HTML()
-        self.cancel_button = w.Button(description="Cancel", icon="stop", button_style="warning",
-                                      tooltip="cancel this task", layout=w.Layout(width="auto"))
+        self.retried = None       # the Result of this task's retry, once known here
+        self.retried_view = None  # its view, shown inside this one (Retry clicked here)
+        self._retry_error = None
+        self._shown_log = None
+        s = self._shared
+        self.title = self._make(w.HTML)
+        self.cancel_button = self._make(w.Button, "hidden", description="Cancel", icon="stop",
+                                        button_style="warning", tooltip="cancel this task")
         self.cancel_button.on_click(self._on_cancel)
-        self.bar = w.FloatProgress(value=0.0, min=0.0, max=1.0, layout=w.Layout(flex="1 1 auto"))
-        self.bar.add_class("nbqueue-bar")
-        self.counts = w.HTML()
-        self.message = w.HTML()
-        self.error = w.HTML()
-        self.log = w.Output()
-        self.log_box = w.Accordion(children=[self.log], titles=("Log",), selected_index=None)
-        self.box = w.VBox([
-            w.HBox([self.title, self.state, self.cancel_button]),
-            w.HBox([self.bar, self.counts]),
-            self.message, self.error, self.log_box,
-        ], layout=w.Layout(border="1px solid #ddd", padding="4px 8px", margin="2px 0"))
+        self.retry_button = self._make(w.Button, "hidden", description="Retry", icon="redo",
+                                       tooltip="run the same call again, as a new task")
+        self.retry_button.on_click(self._on_retry)
+        self.bar = self._make(w.HTML, "grow")
+        self.counts = self._make(w.HTML)
+        self.detail = self._make(w.HTML)
+        self.log = self._make(w.Output)
+        self.log_box = self._make(w.Accordion, children=[self.log], titles=("Log",), selected_index=None)
+        self.line = self._make(w.HBox, children=[self.bar, self.counts, self.cancel_button,
+                                                 self.retry_button])
+        self.box = self._make(w.VBox, "card", children=[self.title, self.line, self.detail, self.log_box])
         self.box.add_class("nbqueue-task")
+        self._buttons = (s["button"], s["hidden"])
         self.refresh()
+        self._link_to_original()
+
+    def _link_to_original(self):
+        """A retry's view tells the view of the task it retries (if this kernel shows
+        it) where the call went: "retried as ..." there."""
+        rec = self.result.queue.store.get(self.result.id)
+        message = rec.message if rec is not None else None
+        if not message or not message.startswith(RETRY_OF):
+            return
+        original = updater().cached(("task", self.result.queue.store, message[len(RETRY_OF):]))
+        if isinstance(original, TaskView) and original.retried is None:
+            original.retried = self.result
+            updater().add(original)
 
     def _on_cancel(self, _button):
         try:
@@ -153,89 +169,145 @@ class TaskView:
         finally:
             updater().poke()
 
+    def _on_retry(self, _button):
+        """Submit the same call again (a new task) and show its view inside this one.
+        A button click runs in the main thread, where widgets are built; the
+        updater shows the change."""
+        if self.retried is not None:
+            return
+        try:
+            self.retried = self.result.queue.retry(self.result.id)
+        except Exception as exc:  # shown in the widget, never raised into a cell
+            self._retry_error = f"{type(exc).__name__}: {exc}"
+        else:
+            self.retried_view = view_for(self.retried)
+            updater().embedded(self.retried_view, self)
+        updater().add(self)
+
     def refresh(self, force=False):
         """Copy the record's state into the widgets. Returns False once final."""
+        if self.closed:
+            return False
         rec = self.result.queue.store.get(self.result.id, ("output",))
         if rec is None:
-            self.state.value = _badge("purged")
+            self.title.value = badge("purged")
+            self.cancel_button.layout = self.retry_button.layout = self._buttons[1]
+            self.final = True
             return False
         status = rec.status
-        self.title.value = (f'<b class="nbqueue-name">{html.escape(rec.name)}</b> '
-                            f'<span style="color:#888;font-size:85%">{rec.id[:12]}</span>')
-        self.state.value = _badge(status)
-        total, done = rec.progress_total, rec.progress_done or 0
-        if total:
-            self.bar.max = float(total)
-            self.bar.value = float(min(done, total))
-        elif status == SUCCEEDED:
-            self.bar.max, self.bar.value = 1.0, 1.0
-        elif status == RUNNING:  # no total: an indeterminate pulse
-            self._pulse = (self._pulse + 1) % 10
-            self.bar.max, self.bar.value = 1.0, (self._pulse + 1) / 10
-        else:
-            self.bar.max, self.bar.value = 1.0, 0.0
-        self.bar.bar_style = BAR_STYLES.get(status, "info" if status == RUNNING and not total else "")
-        now = time.time()
-        elapsed = None
-        if rec.started_at:
-            elapsed = (rec.finished_at or now) - rec.started_at
-        parts = []
-        if total:
-            parts.append(f"{done:g}/{total:g}")
-        elif done:
-            parts.append(f"{done:g}")
-        if elapsed is not None:
-            parts.append(f"elapsed {_duration(elapsed)}")
-        if status == RUNNING and total and done and elapsed:
-            parts.append(f"ETA {_duration(elapsed / done * (total - done))}")
-        if status in (SCHEDULED, RETRYING) and rec.eta:
-            parts.append(f"starts in {_duration(rec.eta - now)}")
-        if rec.attempts > 1 or rec.retries:
-            parts.append(f"attempt {rec.attempts}" + (f" of {rec.retries + 1}" if rec.retries else ""))
-        self.counts.value = f'<span class="nbqueue-counts">{" · ".join(parts)}</span>'
-        msg = rec.progress_message or (rec.message if status in (RETRYING, CANCELLED) or (
-            rec.recoveries and not finished_state(status)) else None)
-        self.message.value = (f'<span class="nbqueue-message" style="color:#555">{html.escape(msg)}</span>'
-                              if msg else "")
-        self.error.value = _error_html(rec) if status == FAILED else ""
-        output = rec.output or ""
-        if output != self._shown_output:
-            self._shown_output = output
-            self.log.outputs = ({"output_type": "stream", "name": "stdout", "text": output},) \
-                if output else ()
-            self.log_box.titles = (f"Log ({output.count(chr(10))} lines)",)
+        shown = shown_status(rec)
         finished = status in FINISHED
-        self.cancel_button.disabled = finished
+        # The badge is written last: the frontend applies updates in order, so whoever
+        # sees the new state already sees the bar, buttons and log that go with it.
+        shown_layout, hidden = self._buttons
+        self.cancel_button.disabled = bool(rec.cancel_requested)
+        self.cancel_button.layout = hidden if finished else shown_layout
+        can_retry = status in (FAILED, CANCELLED) and self.retried is None
+        self.retry_button.layout = shown_layout if can_retry else hidden
+        total, done = rec.progress_total, rec.progress_done or 0
+        if status == RUNNING and not total:  # no total: no fraction to show
+            self.bar.value = bar(1.0, BAR_KINDS.get(shown, "info"), striped=True)
+        else:
+            try:
+                fraction = min(done, total) / total if total else (1.0 if finished else 0.0)
+            except (TypeError, ValueError):
+                fraction = 0.0
+            self.bar.value = bar(fraction, BAR_KINDS.get(shown, "info"))
+        self.counts.value = f'<span class="nbqueue-counts">{self._counts(rec)}</span>'
+        self.detail.value = self._detail(rec)
+        self._refresh_log(rec)
+        if self.retried_view is not None and self.retried_view.box not in self.box.children:
+            self.box.children = (*self.box.children, self.retried_view.box)
+        self.title.value = (f'<b class="nbqueue-name">{html.escape(rec.name)}</b> '
+                            f'<span style="color:#888;font-size:85%">{rec.id[:12]}</span> {badge(shown)}')
         self.final = finished
         return not finished
 
+    def _counts(self, rec):
+        status, total, done = rec.status, rec.progress_total, rec.progress_done or 0
+        now = time.time()
+        elapsed = (rec.finished_at or now) - rec.started_at if rec.started_at else None
+        parts = []
+        try:
+            if total:
+                parts.append(f"{done:g}/{total:g}")
+            elif done:
+                parts.append(f"{done:g} done")
+        except (TypeError, ValueError):
+            parts.append(progress_text(rec))
+        if elapsed is not None:
+            parts.append(f"elapsed {duration(elapsed)}")
+        if status == RUNNING and total and done and elapsed:
+            try:
+                parts.append(f"ETA {duration(elapsed / done * (total - done))}")
+            except (TypeError, ValueError, ZeroDivisionError):
+                pass
+        if status in (SCHEDULED, RETRYING) and rec.eta:
+            parts.append(f"starts in {duration(rec.eta - now)}")
+        if rec.attempts > 1 or rec.retries:
+            parts.append(f"attempt {rec.attempts}" + (f" of {rec.retries + 1}" if rec.retries else ""))
+        return " · ".join(parts)
 
-class GroupView:
+    def _detail(self, rec):
+        """The lines under the bar: progress message (or why it was cancelled,
+        retried or recovered), where it came from or went, the error."""
+        status = rec.status
+        lines = []
+        msg = rec.progress_message or (rec.message if status in (RETRYING, CANCELLED) or (
+            rec.recoveries and status not in FINISHED) else None)
+        if msg:
+            lines.append(f'<span class="nbqueue-message" style="color:#555">{html.escape(msg)}</span>')
+        if rec.message and rec.message.startswith(RETRY_OF):
+            lines.append(f'<span class="nbqueue-retry-of" style="color:#888">retry of '
+                         f'<code>{html.escape(rec.message[len(RETRY_OF):][:12])}</code></span>')
+        if self.retried is not None:
+            lines.append(f'<span class="nbqueue-retried-as" style="color:#555">retried as '
+                         f'<code>{html.escape(self.retried.id[:12])}</code></span>')
+        if self._retry_error:
+            lines.append(f'<span class="nbqueue-retry-error" style="color:#dc3545">retry failed: '
+                         f'{html.escape(self._retry_error)}</span>')
+        return "<br>".join(lines) + (error_html(rec) if status == FAILED else "")
+
+    def _refresh_log(self, rec):
+        """The log: the task's prints, then what it displayed, in one ``outputs``
+        assignment, and its title from the same read, in the same pass."""
+        text = rec.output or ""
+        # a task's display() appends, update_display() replaces, clear_output() empties:
+        # compare the outputs themselves (the same dicts compare by identity first)
+        displays = tuple(self.result.queue.state.displays.get(self.result.id, ()))
+        if (text, displays) == self._shown_log:
+            return
+        self._shown_log = (text, displays)
+        self.log_box.titles = (log_title(text, len(displays)),)
+        stream = ({"output_type": "stream", "name": "stdout", "text": text},) if text else ()
+        self.log.outputs = stream + displays
+
+
+class GroupView(View):
     """One bar for many tasks: n done of N, failures counted."""
 
     def __init__(self, group):
-        import ipywidgets as w
+        w = self._start()
         self.group = group
-        self.final = False
-        self.title = w.HTML()
-        self.bar = w.FloatProgress(value=0.0, min=0.0, max=float(max(1, len(group))),
-                                   layout=w.Layout(flex="1 1 auto"))
-        self.bar.add_class("nbqueue-bar")
-        self.counts = w.HTML()
-        self.box = w.VBox([self.title, w.HBox([self.bar, self.counts])],
-                          layout=w.Layout(border="1px solid #ddd", padding="4px 8px"))
+        self.title = self._make(w.HTML)
+        self.bar = self._make(w.HTML, "grow")
+        self.counts = self._make(w.HTML)
+        self.line = self._make(w.HBox, children=[self.bar, self.counts])
+        self.box = self._make(w.VBox, "card", children=[self.title, self.line])
         self.box.add_class("nbqueue-group")
-        self._ended = {}   # id -> (final status, None)
+        self._ended = {}   # id -> final status: finished members are read once
         self._names = {}
         self.refresh()
 
     def refresh(self, force=False):
+        if self.closed:
+            return False
         store = self.group.results[0].queue.store if len(self.group) else None
         counts = dict.fromkeys(STATES, 0)
         names = set()
         purged = 0
-        for r in self.group:  # finished members are read once, not on every refresh
-            status, name = self._ended.get(r.id) or (store.status(r.id), None)
+        for r in self.group:
+            status = self._ended.get(r.id) or store.status(r.id)
             if status is None:
                 purged += 1  # finished once, or it could not have been purged
                 continue
@@ -245,36 +317,33 @@ class GroupView:
                 self._names[r.id] = rec.name if rec is not None else "?"
             names.add(self._names[r.id])
             if status in FINISHED:
-                self._ended[r.id] = (status, name)
+                self._ended[r.id] = status
         finished = sum(counts[s] for s in FINISHED) + purged
         n = len(self.group)
         self.title.value = (f"<b>{html.escape(', '.join(sorted(names)) or 'empty group')}</b> "
                             f"<span style='color:#888'>{n} tasks</span>")
-        self.bar.value = float(finished)
         failures = counts[FAILED] + counts[CANCELLED]
-        self.bar.bar_style = "danger" if counts[FAILED] else (
-            "success" if finished == n else "info")
+        kind = "danger" if counts[FAILED] else ("success" if finished == n else "info")
+        self.bar.value = bar(finished / n if n else 1.0, kind)
         parts = [f"{finished} of {n} done"]
         parts += [f"{counts[s]} {s}" for s in (RUNNING, FAILED, CANCELLED, RETRYING) if counts[s]]
         state = SUCCEEDED if finished == n and not failures else (FAILED if counts[FAILED] else RUNNING)
         self.counts.value = f'<span class="nbqueue-counts">{" · ".join(parts)}</span> ' + (
-            _badge(state) if finished == n else "")
+            badge(state) if finished == n else "")
         self.final = finished == n
         return not self.final
 
 
-class JobView:
+class JobView(View):
     """A periodic job: schedule, next run, counters, last run's state, pause/resume."""
 
     def __init__(self, job):
-        import ipywidgets as w
+        w = self._start()
         self.job = job
-        self.final = False
-        self.summary = w.HTML()
-        self.toggle = w.Button(description="Pause", icon="pause", layout=w.Layout(width="auto"))
+        self.summary = self._make(w.HTML)
+        self.toggle = self._make(w.Button, "button", description="Pause", icon="pause")
         self.toggle.on_click(self._on_toggle)
-        self.box = w.HBox([self.summary, self.toggle],
-                          layout=w.Layout(border="1px solid #ddd", padding="4px 8px"))
+        self.box = self._make(w.HBox, "card", children=[self.summary, self.toggle])
         self.box.add_class("nbqueue-job")
         self.refresh()
 
@@ -286,6 +355,8 @@ class JobView:
         updater().poke()
 
     def refresh(self, force=False):
+        if self.closed:
+            return False
         store = self.job.queue.store
         rec = store.get_job(self.job.name)
         if rec is None:
@@ -293,7 +364,6 @@ class JobView:
             self.toggle.disabled = True
             return False
         last = store.status(rec.last_run_id) if rec.last_run_id else None
-        nxt = _next_run_text(rec)
         counters = f"runs {rec.runs}" + (f" · skipped {rec.skipped}" if rec.skipped else "") + (
             f" · missed {rec.missed}" if rec.missed else "") + (
             f" · errors {rec.errors}" if rec.errors else "")
@@ -301,125 +371,10 @@ class JobView:
                  f'{html.escape(rec.last_error)}</span>') if rec.errors and rec.last_error else ""
         self.summary.value = (
             f'<b class="nbqueue-name">{html.escape(rec.name)}</b> '
-            f'<code>{html.escape(rec.schedule)}</code> · {nxt} · <span class="nbqueue-counts">'
-            f'{counters}</span>' + (f" · last {_badge(last)}" if last else "") + error)
+            f'<code>{html.escape(rec.schedule)}</code> · {next_run_text(rec)} · <span class="nbqueue-counts">'
+            f'{counters}</span>' + (f" · last {badge(last)}" if last else "") + error)
         self.toggle.description, self.toggle.icon = ("Resume", "play") if rec.paused else ("Pause", "pause")
         return True
-
-
-class DashboardView:
-    """A live table of the queue: counts by state (kept by the store), one page of
-    the newest tasks (filter by state, page back with Older/Newer, cancel per row)
-    and its periodic jobs. A refresh reads the counters and one page, never the
-    history, so it costs the same with 20 records or 20,000."""
-
-    rows = 25
-    interval = 1.0
-
-    def __init__(self, queue):
-        import ipywidgets as w
-        self.w = w
-        self.queue = queue
-        self.final = False
-        self.offset = 0
-        self._next = 0.0
-        self._ids = None
-        self.heading = w.HTML()
-        self.filter = w.Dropdown(options=["all"] + list(STATES), value="all", description="state",
-                                 layout=w.Layout(width="220px"))
-        self.filter.observe(lambda change: self._go(0), names="value")
-        self.newer = w.Button(description="Newer", icon="chevron-left", layout=w.Layout(width="auto"))
-        self.older = w.Button(description="Older", icon="chevron-right", layout=w.Layout(width="auto"))
-        self.newer.on_click(lambda _b: self._go(self.offset - self.rows))
-        self.older.on_click(lambda _b: self._go(self.offset + self.rows))
-        self.where = w.HTML()
-        self.table = w.GridBox(layout=w.Layout(grid_template_columns="2fr 1fr 1fr 2fr 1fr auto",
-                                               grid_gap="2px 12px"))
-        self.jobs = w.HTML()
-        self.box = w.VBox([w.HBox([self.heading, self.filter]), self.table,
-                           w.HBox([self.newer, self.where, self.older]), self.jobs],
-                          layout=w.Layout(border="1px solid #ddd", padding="4px 8px"))
-        self.box.add_class("nbqueue-dashboard")
-        self._cells = {}
-        self.refresh(force=True)
-        updater().add(self)
-
-    def _go(self, offset):
-        self.offset = max(0, offset)
-        self._next = 0.0
-        self.refresh(force=True)
-
-    def refresh(self, force=False):
-        now = time.monotonic()
-        if not force and now < self._next:
-            return True
-        self._next = now + self.interval
-        store = self.queue.store
-        counts = store.counts()
-        total = sum(counts.values())
-        self.heading.value = (f"<b>queue {html.escape(self.queue.name)}</b> · {total} tasks: "
-                              + ", ".join(f"{counts[s]} {s}" for s in STATES if counts[s]))
-        wanted = self.filter.value
-        matching = total if wanted == "all" else counts[wanted]
-        if self.offset >= matching and self.offset:
-            self.offset = max(0, (matching - 1) // self.rows * self.rows)
-        shown = store.page(None if wanted == "all" else wanted, None, self.rows, self.offset)
-        self.where.value = (f"<span style='color:#888'>{self.offset + 1}–{self.offset + len(shown)}"
-                            f" of {matching}</span>" if shown else "")
-        self.newer.disabled = self.offset == 0
-        self.older.disabled = self.offset + len(shown) >= matching
-        ids = [r.id for r in shown]
-        if ids != self._ids:
-            self._ids = ids
-            self._rebuild(shown)
-        for rec in shown:
-            self._fill(rec)
-        jobs = store.jobs()
-        self.jobs.value = "" if not jobs else "<b>periodic jobs</b><br>" + "<br>".join(
-            f"{html.escape(j.name)} <code>{html.escape(j.schedule)}</code> · "
-            + _next_run_text(j)
-            + f" · runs {j.runs}" + (f" · errors {j.errors}" if j.errors else "")
-            for j in jobs.values())
-        return True
-
-    def _rebuild(self, shown):
-        w = self.w
-        header = [w.HTML(f"<b>{h}</b>") for h in ("task", "id", "state", "progress", "attempts", "")]
-        children = list(header)
-        self._cells = {}
-        for rec in shown:
-            cells = [w.HTML(), w.HTML(), w.HTML(), w.HTML(), w.HTML(),
-                     w.Button(description="Cancel", layout=w.Layout(width="auto"))]
-            cells[5].on_click(lambda _b, task_id=rec.id: self._cancel(task_id))
-            self._cells[rec.id] = cells
-            children += cells
-        old = self.table.children
-        self.table.children = children
-        for widget in old:
-            widget.close()
-
-    def _cancel(self, task_id):
-        self.queue.cancel(task_id)
-        self._go(self.offset)
-
-    def _fill(self, rec):
-        name, short, state, prog, attempts, button = self._cells[rec.id]
-        name.value = html.escape(rec.name)
-        short.value = f"<code>{rec.id[:8]}</code>"
-        state.value = _badge(rec.status)
-        prog.value = _progress_text(rec)
-        attempts.value = str(rec.attempts)
-        button.disabled = rec.status in FINISHED
-
-
-def _progress_text(rec):
-    """'3/10', '3' or '' for a record's progress; never raises on odd stored values."""
-    try:
-        if rec.progress_total:
-            return f"{rec.progress_done:g}/{rec.progress_total:g}"
-        return f"{rec.progress_done:g}" if rec.progress_done else ""
-    except (TypeError, ValueError):
-        return "?"
 
 
 class Dashboard:
@@ -434,10 +389,10 @@ class Dashboard:
         lines = [f"queue {self.queue.name!r}: {sum(counts.values())} tasks"
                  + "".join(f", {counts[s]} {s}" for s in STATES if counts[s])]
         for rec in store.page(None, None, limit, offset):
-            lines.append(f"  {rec.id[:8]}  {rec.status:<10} {_progress_text(rec):>9}  "
+            lines.append(f"  {rec.id[:8]}  {rec.status:<10} {progress_text(rec):>9}  "
                          f"attempts={rec.attempts}  {rec.name}")
         for job in store.jobs().values():
-            lines.append(f"  job {job.name} {job.schedule!r} {_next_run_text(job)} runs={job.runs}"
+            lines.append(f"  job {job.name} {job.schedule!r} {next_run_text(job)} runs={job.runs}"
                          + (f" errors={job.errors}" if job.errors else ""))
         return "\n".join(lines)
 

@@ -181,6 +181,11 @@ class Result:
         """
         return self.queue.cancel(self.id)
 
+    def retry(self):
+        """Submit this failed or cancelled task's call again as a new task; returns its
+        Result (see ``Queue.retry``). Raises InvalidStateError for any other state."""
+        return self.queue.retry(self.id)
+
     def add_done_callback(self, fn):
         """Call ``fn(result)`` once the task has finished (at once if it has)."""
         self.queue.state.add_done_callback(self, fn)

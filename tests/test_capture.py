@@ -437,3 +437,21 @@ def test_kernel_display_from_a_task_lands_in_state_displays(kernel):
     """)
     assert report(msgs2) == {"value": "drawn", "shown": ["<b>early</b>", "<b>late</b>"]}
     assert shown(kernel.seen, "<b>early</b>") == [] and shown(kernel.seen, "<b>late</b>") == []
+
+
+def test_kernel_await_and_gather_in_a_cell(kernel):
+    """Top-level await in a Jupyter cell: a Result, asyncio.gather of two, a group."""
+    _, msgs = kernel(REPORT, """
+        import asyncio, nbqueue
+        qa = nbqueue.Queue("awaits", storage="memory")
+
+        @qa.task
+        def double(x):
+            return 2 * x
+
+        one = await double(21)
+        both = await asyncio.gather(double(1), double(2))
+        group = await double.map([3, 4])
+        report([one, both, group])
+    """)
+    assert report(msgs) == [42, [2, 4], [6, 8]]

@@ -228,6 +228,8 @@ def test_queue_retry_submits_the_same_call_as_a_new_task(queue):
     assert (rec.priority, rec.retries, rec.retry_delay, rec.timeout) == (5, 2, 0.01, 30)
     assert rec.message == f"retry of {bad.id}"
     assert old_rec.status == "failed"  # the old record is left as it was
+    again = bad.retry()  # the same through the handle
+    assert again.get(timeout=10) == "again" and again.id not in (bad.id, new.id)
 
 
 @pytest.mark.parametrize("store_kind", ["memory", "disk"])

@@ -1558,3 +1558,41 @@ def test_an_added_record_is_seen_at_once_whatever_other_threads_do(store):
     assert not errors and not missing
     assert sorted(claimed) == sorted(f"a{k}-{i}" for k in range(3) for i in range(300))
     assert store.counts()["succeeded"] == 900
+
+
+def test_a_bad_add_among_concurrent_ones_fails_alone(store):
+    """Adds from several threads while others claim and finish (the SQLite store lets
+    an add ride along with another thread's transaction): the one with a duplicate id
+    raises ValueError and stores nothing; every other is stored once."""
+    import threading
+    store.add([rec(id="taken")])
+    errors, stop = [], threading.Event()
+
+    def adder(k):
+        for i in range(150):
+            batch = [rec(id=f"b{k}-{i}-{j}") for j in range(2)]
+            if k == 0 and i == 75:
+                batch.append(rec(id="taken"))
+            try:
+                store.add(batch)
+            except ValueError as exc:
+                errors.append((k, i, str(exc)))
+
+    def claimer():
+        while not stop.is_set():
+            got = store.claim("w", 10)
+            if got is not None:
+                store.finish(got.id, "w", "succeeded")
+
+    threads = [threading.Thread(target=adder, args=(k,)) for k in range(3)]
+    claimers = [threading.Thread(target=claimer) for _ in range(2)]
+    for t in threads + claimers:
+        t.start()
+    for t in threads:
+        t.join()
+    stop.set()
+    for t in claimers:
+        t.join()
+    assert [(k, i) for k, i, _ in errors] == [(0, 75)] and "taken" in errors[0][2]
+    assert store.get("b0-75-0") is None and store.get("b0-75-1") is None
+    assert sum(store.counts().values()) == 1 + 3 * 150 * 2 - 2

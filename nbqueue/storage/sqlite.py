@@ -141,10 +141,12 @@ class SqliteStorage(SqliteJobs, SqliteDatabase, Storage):
             for r in records:
                 staged.append({k: self._stage(getattr(r, k)) for k in VALUE_KINDS
                                if getattr(r, k) is not None})
-            with self._txn() as t:
+            def write(t):
                 seq = self._take_seq(t.con, len(records))
                 for i, (rec, values) in enumerate(zip(records, staged)):
                     self._insert(t, rec, seq + i, values)
+
+            self._join(write)
         finally:
             unlink(v.tmp for values in staged for v in values.values() if isinstance(v, Big))
         ready = sum(r.status == PENDING for r in records)

@@ -3,6 +3,7 @@ the schema, the trust checks on the directory and its files, one connection per
 process behind one lock, transactions, rows to records and back, and the files
 under ``values/`` that hold big values."""
 
+import collections
 import contextlib
 import hashlib
 import operator
@@ -31,7 +32,8 @@ from .storedir import (
 
 FORMAT = 2
 BIG = 1 << 20            # values over this go to files under values/
-BUSY_TIMEOUT = 60.0      # other processes share the file
+BUSY_TIMEOUT = 60.0
+JOIN_WAIT = 0.002        # an add waits this long for another thread's commit, then tries itself      # other processes share the file
 VALUE_KINDS = ("payload", "result", "prev")
 KIND = {"payload": 1, "result": 2, "prev": 3}   # blobs.key = seq * 4 + KIND[kind]
 
@@ -123,10 +125,19 @@ class Big:
 
 
 class Txn:
-    __slots__ = ("con", "after", "undo")
+    __slots__ = ("con", "after", "undo", "joined")
 
     def __init__(self, con):
         self.con, self.after, self.undo = con, [], []   # files to unlink after commit / rollback
+        self.joined = []                                # adds carried by this transaction
+
+
+class Join:
+    """An add waiting to be written by whichever transaction comes next."""
+    __slots__ = ("write", "done", "error")
+
+    def __init__(self, write):
+        self.write, self.done, self.error = write, threading.Event(), None
 
 
 class SqliteDatabase:
@@ -142,6 +153,7 @@ class SqliteDatabase:
         self._con = None
         self._forked = []   # a parent's connections: never closed (or freed) in the child
         self._checkpointer = Checkpointer(self._path, BUSY_TIMEOUT)
+        self._joins = collections.deque()   # adds waiting for a transaction to carry them
         new = survey(self.directory)
         check_files(self.directory)
         if new and queue_name is not None:
@@ -231,6 +243,7 @@ class SqliteDatabase:
         if self._pid != os.getpid():
             self._forked.append(self._con)
             self._con, self._lock, self._pid = None, threading.RLock(), os.getpid()
+            self._joins = collections.deque()  # the parent's waiting adds are not ours
         return self._lock
 
     @contextlib.contextmanager
@@ -257,6 +270,7 @@ class SqliteDatabase:
             con.execute("BEGIN IMMEDIATE")
             try:
                 yield t
+                carried = self._carry(t)
                 con.execute("COMMIT")
                 self._checkpointer.committed()
             except BaseException:
@@ -264,8 +278,56 @@ class SqliteDatabase:
                     with contextlib.suppress(sqlite3.Error):  # keep the first error
                         con.execute("ROLLBACK")
                 unlink(t.undo)
+                self._joins.extendleft(reversed(t.joined))  # not written: their owners retry
                 raise
         unlink(t.after)
+        for join in carried:
+            join.done.set()
+
+    def _carry(self, t):
+        """Write the adds waiting to join a transaction into this one, each under a
+        savepoint of its own (one that fails is undone alone and told why)."""
+        joins, carried = self._joins, []
+        while joins:
+            try:
+                join = joins.popleft()
+            except IndexError:
+                break
+            t.joined.append(join)
+            t.con.execute("SAVEPOINT joined")
+            files = len(t.undo)
+            try:
+                join.write(t)
+            except sqlite3.Error:
+                raise  # the database's trouble, not the add's: the whole transaction fails
+            except Exception as err:  # a bad add (a duplicate id): its owner raises it
+                t.con.execute("ROLLBACK TO joined")
+                unlink(t.undo[files:])
+                del t.undo[files:]
+                join.error = err
+            t.con.execute("RELEASE joined")
+            carried.append(join)
+        return carried
+
+    def _join(self, write):
+        """Run ``write(t)`` in a write transaction: this thread's own, or, while another
+        thread holds the lock, that thread's (group commit: one commit for both, and
+        the caller never queues behind a worker for the lock). Raises what ``write``
+        raised, and what the transaction raised."""
+        join = Join(write)
+        self._joins.append(join)
+        lock = self._lock_here()
+        # The lock free: commit now. Taken: a writer's commit may carry this add within
+        # JOIN_WAIT; if none did (the holder only reads), wait for the lock after all.
+        if lock.acquire(blocking=False) or not join.done.wait(JOIN_WAIT) and lock.acquire():
+            try:
+                if not join.done.is_set():
+                    with self._txn():
+                        pass  # the commit carries the waiting adds, ours included
+            finally:
+                lock.release()
+        if join.error is not None:
+            raise join.error
 
     @contextlib.contextmanager
     def _snapshot(self):

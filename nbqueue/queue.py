@@ -17,6 +17,7 @@ from .periodic import PeriodicJob, define_job
 from .records import TaskRecord
 from .result import Result, ResultGroup
 from .runtime import capture
+from .runtime.interrupt import shield
 from .runtime.scheduler import Scheduler
 from .runtime.state import QueueState, new_task_id
 from .runtime.worker import WorkerPool
@@ -287,6 +288,7 @@ class Queue:
             return self._submit_many(job.steps, chain=True)
         raise TypeError(f"enqueue() takes task.s(...) or a pipeline built with .then(...), not {job!r}")
 
+    @shield
     def _submit(self, task, args, kwargs, eta=None, priority=None, expires=None):
         q = self._live_queue()
         rec = q._record(task, args, kwargs, eta, priority, expires)
@@ -297,6 +299,7 @@ class Queue:
             raise
         return Result._new(rec.id, q)
 
+    @shield
     def _submit_many(self, sigs, chain=False):
         """Enqueue many signatures atomically (all or none). With ``chain``, each
         step waits for the previous one and gets its value."""
@@ -341,6 +344,7 @@ class Queue:
             retries=opts.retries, retry_delay=opts.retry_delay, retry_backoff=opts.retry_backoff,
             timeout=opts.timeout, payload=payload, cache_key=cache_key)
 
+    @shield
     def retry(self, task_id):
         """Submit a failed or cancelled task's call again, as a new task with the same
         name and options (priority, retries, delays, timeout, what expires
@@ -407,6 +411,7 @@ class Queue:
         purged, or dropped by retention), TypeError if ``task_id`` is not a string."""
         return Result(task_id, self)
 
+    @shield
     def tasks(self, status=None, name=None, limit=None, offset=0):
         """One page of the store's tasks, through an index: skip the ``offset`` newest,
         take the next ``limit`` (None: all the rest), and list them oldest first.
@@ -420,6 +425,7 @@ class Queue:
         page = self.store.page(statuses, name, limit, offset)
         return [Result._new(rec.id, self) for rec in reversed(page)]
 
+    @shield
     def counts(self):
         """``{state: number of tasks}`` for every state (kept by the store as tasks move)."""
         return self.store.counts()
@@ -431,6 +437,7 @@ class Queue:
         """Tasks waiting for an eta: delayed ones and retries waiting out their delay."""
         return self.tasks(status=tuple(WAITING))
 
+    @shield
     def purge(self, older_than=None, status=None):
         """Delete finished tasks' records (all finished states unless ``status`` says),
         those finished more than ``older_than`` (seconds or timedelta) ago. Returns
@@ -449,6 +456,7 @@ class Queue:
         values were dropped."""
         return self.state.memo_cache().clear()
 
+    @shield
     def cancel(self, task_id):
         """Cancel a task by id (see ``Result.cancel``). Raises TaskNotFound."""
         ok = self.store.cancel(task_id)

@@ -13,6 +13,7 @@ from collections import Counter, namedtuple
 from .exceptions import TaskException, TaskNotFound
 from .futures import future_of
 from .registry import latest_queue
+from .runtime.interrupt import shield
 from .states import CANCELLED, FAILED, FINISHED, RUNNING, STATES
 
 
@@ -67,6 +68,7 @@ class Result:
         self.queue = queue
         return self
 
+    @shield  # a task reading another task's record: no interrupt mid-read
     def _record(self, load=()):
         rec = self.queue.store.get(self.id, load)
         if rec is None:
@@ -79,6 +81,7 @@ class Result:
         return self._record().name
 
     @property
+    @shield
     def status(self):
         status = self.queue.store.status(self.id)
         if status is None:
@@ -175,7 +178,9 @@ class Result:
 
     def cancel(self):
         """Cancel the task: a waiting one never runs; a running one stops at its next
-        ``check_cancelled()``/``progress()`` (thread workers) and ends ``cancelled``.
+        ``check_cancelled()``/``progress()``, or, if it never checks, is interrupted
+        in its thread after about a second (code inside a C call stops when the call
+        returns); it ends ``cancelled``.
 
         Returns False if the task had already finished.
         """

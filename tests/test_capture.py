@@ -406,15 +406,6 @@ def test_kernel_display_updates_replace_the_kept_output(kernel):
     assert report(msgs) == ["<b>a</b>", "<b>b2</b>", "<b>c</b>"]
 
 
-def _worker_keeps_displays():
-    import inspect
-
-    from nbqueue.runtime import worker
-    return "displays=" in inspect.getsource(worker.WorkerPool.run)
-
-
-@pytest.mark.xfail(not _worker_keeps_displays(), strict=False,
-                   reason="worker.run does not pass displays= to capture.route_to yet")
 def test_kernel_display_from_a_task_lands_in_state_displays(kernel):
     kernel(REPORT, """
         import nbqueue, time

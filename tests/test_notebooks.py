@@ -292,9 +292,9 @@ def kernel(kernel_name):
         km.shutdown_kernel(now=True)
 
 
-def test_task_display_goes_to_submitting_cell_and_prints_nowhere_else(kernel):
-    """A task's display() lands under the cell that submitted it (ipykernel >= 7.4
-    set_thread_parent), even while another cell runs; its print()s go to its record only."""
+def test_task_display_and_print_go_to_the_task_not_to_a_cell(kernel):
+    """A task's display() is kept for its own widget (``q.state.displays``), even while
+    another cell runs; its print()s go to its record only: no cell shows either."""
     first, msgs1 = kernel("""
         import time, nbqueue
         from IPython.display import display, HTML
@@ -311,15 +311,16 @@ def test_task_display_goes_to_submitting_cell_and_prints_nowhere_else(kernel):
     """)
     second, msgs2 = kernel("""
         time.sleep(1.0)   # the task displays while this cell runs
-        print("second cell:", r.get(timeout=30), repr(r.output))
+        print("second cell:", r.get(timeout=30), repr(r.output),
+              [o["data"]["text/html"] for o in q.state.displays[r.id]])
     """)
     msgs = msgs1 + msgs2
     shown = [m for m in msgs if m["msg_type"] == "display_data"
              and "report ready" in m["content"]["data"].get("text/html", "")]
-    assert [m["parent_header"]["msg_id"] for m in shown] == [first]
+    assert shown == []
     streams = [(m["parent_header"]["msg_id"], m["content"]["text"]) for m in msgs
                if m["msg_type"] == "stream"]
-    assert streams == [(second, "second cell: done 'task print\\n'\n")]
+    assert streams == [(second, "second cell: done 'task print\\n' ['<b>report ready</b>']\n")]
 
 
 def test_wait_resends_an_end_state_sent_while_no_cell_ran(kernel):

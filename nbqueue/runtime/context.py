@@ -5,6 +5,11 @@ Progress and output are kept in memory and written to the store at most every
 ``FLUSH_INTERVAL`` seconds (and when the task ends), so a task may call
 ``progress()`` in a tight loop: each call costs a few attribute writes and a
 clock read, and a flush only touches the store a few times a second.
+
+A task that never checks is stopped by the pool's heartbeat (``watch``): after
+a ``GRACE`` it raises TaskCancelled/TaskTimeout in the task's thread
+(``interrupt``). Meanwhile the record's progress message says the task is
+stopping, and whether it waits for a C call to return.
 """
 
 import math
@@ -13,6 +18,7 @@ import threading
 import time
 
 from ..exceptions import TaskCancelled, TaskTimeout
+from . import interrupt
 
 FLUSH_INTERVAL = 0.1
 
@@ -20,16 +26,24 @@ _local = threading.local()
 
 
 class TaskContext:
-    """The running task, as seen from inside it (``nbqueue.current_task()``)."""
+    """The running task, as seen from inside it (``nbqueue.current_task()``).
+
+    Made by the worker in the thread that runs the task."""
 
     def __init__(self, rec, store, output_limit):
         self.id = rec.id
         self.name = rec.name
         self.attempt = rec.attempts
         self._store = store
+        self._started = time.monotonic()
         self._cancel = rec.cancel_requested
-        self._deadline = None if rec.timeout is None else time.monotonic() + rec.timeout
+        self._cancel_at = self._started if rec.cancel_requested else None
+        self._deadline = None if rec.timeout is None else self._started + rec.timeout
         self._timeout = rec.timeout
+        self.interrupter = interrupt.Interrupter(threading.get_ident())
+        self.waker = None      # wakes the heartbeat that watches this run (set by the pool)
+        self._note = None      # "cancelling…": shown in the progress message while stopping
+        self._note_shown = False
         self._done = rec.progress_done
         self._total = rec.progress_total
         self._message = rec.progress_message
@@ -54,6 +68,17 @@ class TaskContext:
     @property
     def timed_out(self):
         return self._deadline is not None and time.monotonic() > self._deadline
+
+    @property
+    def interrupted(self):
+        """True once the worker raised TaskCancelled/TaskTimeout in this task's
+        thread because it did not stop on its own within the grace."""
+        return self.interrupter.sent > 0
+
+    @property
+    def interrupted_at(self):
+        """``time.time()`` of the first such interrupt, or None."""
+        return self.interrupter.first_sent_wall
 
     def check_cancelled(self):
         """Raise TaskCancelled if cancel was asked, TaskTimeout if past the timeout."""
@@ -83,10 +108,80 @@ class TaskContext:
 
     # ---- worker side -------------------------------------------------
     def request_cancel(self):
+        """Ask the run to stop (from any thread): its next check raises, an async
+        task is cancelled, and the heartbeat interrupts it after ``GRACE``. The
+        record says "cancelling…" at once. Raises nothing."""
+        first = not self._cancel
         self._cancel = True
         loop, atask = self._loop, self._atask
         if loop is not None and atask is not None:
             loop.call_soon_threadsafe(atask.cancel)
+        if first:
+            self._cancel_at = time.monotonic()
+            waker = self.waker
+            if waker is not None:
+                waker()  # the grace starts now, not at the heartbeat's next pass
+            try:
+                self.watch(self._cancel_at)
+            except Exception:  # a store hiccup: the heartbeat writes the note at its next pass
+                pass
+
+    def watch(self, now):
+        """Heartbeat side: interrupt the run if it should have stopped ``GRACE``
+        seconds ago (TaskCancelled for a cancel, else TaskTimeout), again every
+        ``interrupt.REPEAT`` seconds while it goes on; write the stopping note to
+        the record when it changes. Returns the monotonic time it next wants a
+        look, or None. Raises what the store raises."""
+        if self._ended:
+            return None
+        if self._cancel:
+            due = self.interrupter.poke(interrupt.CancelInterrupt, self._cancel_at + interrupt.GRACE, now)
+        elif self._deadline is None:
+            return None
+        elif now < self._deadline:
+            return self._deadline
+        else:
+            due = self.interrupter.poke(interrupt.TimeoutInterrupt, self._deadline + interrupt.GRACE, now)
+        note = self._stop_note()
+        if note != self._note:
+            self._note, self._dirty = note, True
+            self.flush(now)
+        return due
+
+    def _stop_note(self):
+        itr = self.interrupter
+        what = "cancelling" if self._cancel else f"timed out after {self._timeout:g} s, stopping"
+        waited = itr.armed_for
+        if waited is not None and waited >= interrupt.STUCK:
+            return f"{what}: interrupted, waiting for the C call it is in to return"
+        if itr.landed:
+            return f"{what}: interrupted {itr.landed} time{'s' if itr.landed > 1 else ''}, still running"
+        return f"{what}: interrupted" if itr.sent else f"{what}…"
+
+    def stop_detail(self):
+        """How this run was stopped, for its final record: "interrupted after a
+        1.0 s grace", "the C call it was in returned after 3.0 s", "it caught the
+        interrupt and returned...", "it finished late..."; None if it stopped on
+        its own (or did not need to)."""
+        itr = self.interrupter
+        if not itr.landed:
+            if itr.returned and self.timed_out:
+                return f"it finished late, after {time.monotonic() - self._started:.1f} s"
+            return None
+        if itr.returned:
+            return "it caught the interrupt and returned; its value was dropped"
+        cancel = issubclass(itr.landed_kind, TaskCancelled)
+        if itr.stuck:
+            if cancel and self._cancel_at is not None:
+                return (f"the C call it was in returned "
+                        f"{itr.landed_at - self._cancel_at:.1f} s after the cancel")
+            return f"the C call it was in returned after {itr.landed_at - self._started:.1f} s"
+        return f"interrupted after a {interrupt.GRACE:.1f} s grace"
+
+    def timeout_error(self, detail=None):
+        """The TaskTimeout that ends this run, saying how it was stopped."""
+        text = f"task {self.id} ({self.name}) ran past its timeout of {self._timeout}s"
+        return TaskTimeout(f"{text}; {detail}" if detail else text)
 
     def write(self, text):
         """Append captured output, keeping only the last ``output_limit`` characters."""
@@ -108,27 +203,40 @@ class TaskContext:
         self._compact()
         return self._chunks[0] if self._chunks else ""
 
-    def fields(self):
-        """The record fields this context owns: progress and output."""
+    def fields(self, note=True):
+        """The record fields this context owns: progress and output. While the run
+        is being stopped (and ``note``), the progress message starts with a note
+        saying so."""
+        message = self._message
+        if note and self._note:
+            message = f"{self._note} · {message}" if message else self._note
         return {"progress_done": self._done, "progress_total": self._total,
-                "progress_message": self._message, "output": self.output()}
+                "progress_message": message, "output": self.output()}
 
     def final_fields(self):
-        """``fields()`` if anything changed since the last flush, else nothing: a task
-        that printed and reported nothing ends without rewriting them."""
-        return self.fields() if self._dirty else {}
+        """``fields()`` without the stopping note if anything changed since the last
+        flush or a note was written, else nothing: a task that printed and reported
+        nothing ends without rewriting them."""
+        return self.fields(note=False) if self._dirty or self._note_shown else {}
 
     def flush(self, now=None):
         """Write progress and output to the store if they changed; learn of a cancel
-        asked from another process. Safe from any thread."""
+        asked from another process. Safe from any thread; in the task's thread the
+        store write is never interrupted (``interrupt.shielded``)."""
         self._next_flush = (now or time.monotonic()) + FLUSH_INTERVAL
         if not self._dirty:
             return
-        with self._flush_lock:
+        with interrupt.shielded(), self._flush_lock:
             if self._ended:
                 return
             self._dirty = False
-            cancel = self._store.update(self.id, **self.fields())
+            fields = self.fields()
+            try:
+                cancel = self._store.update(self.id, **fields)
+            except BaseException:
+                self._dirty = True  # written at the next flush
+                raise
+            self._note_shown = self._note_shown or bool(self._note)
         if cancel:
             self.request_cancel()
 

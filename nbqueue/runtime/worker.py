@@ -5,6 +5,12 @@ at once); on a store shared with other processes they also poll it, backing
 off to ``max_poll``. One heartbeat thread renews the leases of the tasks this
 process runs, learns of cancels asked elsewhere, writes quiet tasks' progress,
 and requeues tasks whose worker died (``requeue_expired``) about once a second.
+
+The heartbeat also stops thread tasks that never check: ``interrupt.GRACE``
+after a cancel or a timeout it raises TaskCancelled/TaskTimeout in the task's
+thread, and again every ``interrupt.REPEAT`` seconds while it still runs. Once
+one landed, the run ends cancelled (or failed with TaskTimeout) whatever the
+task does next. It wakes for those moments, else once a second.
 """
 
 import asyncio
@@ -15,9 +21,10 @@ import time
 
 from ..exceptions import CancelExecution, RetryTask, TaskCancelled, TaskTimeout
 from ..states import CANCELLED, FAILED, FINISHED, PENDING, RETRYING, SUCCEEDED
-from . import capture, context
+from . import capture, context, interrupt
 
 MIN_POLL = 0.002
+MIN_BEAT = 0.005  # the heartbeat never spins, whatever a task's deadline says
 PLAIN = frozenset((int, float, str, bytes, bool, type(None), list, dict, tuple))  # never awaitable
 
 
@@ -35,6 +42,7 @@ class WorkerPool:
         self._target = workers
         self._threads = []
         self._stopping = threading.Event()
+        self._wake = threading.Event()  # the heartbeat looks again now (a cancel was asked)
         self._heartbeat = None
         self._local_loop = threading.local()
 
@@ -65,6 +73,7 @@ class WorkerPool:
         """Ask every thread to exit once its current task is done; join them if ``wait``."""
         self._target = 0
         self._stopping.set()
+        self._wake.set()
         self.store.notify_work(len(self._threads) + 1)
         if wait:
             for t in self._threads + [self._heartbeat]:
@@ -114,8 +123,9 @@ class WorkerPool:
         task, which is returned (or None)."""
         state = self.state
         ctx = context.TaskContext(rec, self.store, state.output_limit)
+        ctx.waker = self._wake.set
         state.running[rec.id] = ctx
-        routed = capture.route_to(state.parents.get(rec.id))
+        routed = capture.route_to(state.parents.get(rec.id), displays=state.displays, task_id=rec.id)
         capture.install_capture()
         context.enter(ctx)
         fields = {}
@@ -130,11 +140,14 @@ class WorkerPool:
             if hit:  # memoized: an earlier call with the same code and arguments
                 fields["result"], fields["cached"] = cached, True
             else:
-                value = func(*args, **kwargs)
+                # Interruptible only in there; nothing is pending once it is over.
+                value = interrupt.call_user(ctx.interrupter, func, args, kwargs)
                 if type(value) not in PLAIN and inspect.isawaitable(value):
                     value = self._run_async(ctx, value, rec.timeout)
                 if ctx.timed_out:  # it ignored the timeout and finished late anyway
-                    raise TaskTimeout(f"task {rec.id} ({rec.name}) ran past its timeout of {rec.timeout}s")
+                    raise ctx.timeout_error(ctx.stop_detail())
+                if ctx.interrupter.landed:  # it caught the interrupt and went on
+                    raise TaskCancelled(f"task {rec.id} ({rec.name}) was cancelled")
                 fields["result"] = state.encode_value(value)
                 if rec.cache_key:
                     state.memo_store(rec, fields["result"])
@@ -165,12 +178,25 @@ class WorkerPool:
             self.state.log(f"could not record the failure of task {rec.id}", sys.exc_info())
 
     def _classify(self, ctx, rec, exc, retry_on, fields):
-        """Decide the outcome of a run that raised ``exc``; fill ``fields``; return the status."""
+        """Decide the outcome of a run that raised ``exc``; fill ``fields``; return the status.
+
+        Once an interrupt landed in the run, its outcome is the interrupt's
+        (cancelled, or TaskTimeout), whatever the task raised after it."""
+        landed = ctx.interrupter.landed
+        detail = ctx.stop_detail()
         if isinstance(exc, (CancelExecution, TaskCancelled)) or (
-                isinstance(exc, asyncio.CancelledError) and ctx.cancelled):
+                isinstance(exc, asyncio.CancelledError) and ctx.cancelled) or (
+                landed and ctx.cancelled):
             user_said = isinstance(exc, CancelExecution) and str(exc)
-            fields["message"] = user_said or "cancelled while running"
+            fields["message"] = user_said or (
+                f"cancelled: {detail}" if detail else "cancelled while running")
             return CANCELLED
+        if landed and not isinstance(exc, TaskTimeout) or isinstance(exc, interrupt.Interrupt):
+            # A TimeoutInterrupt, or what the task raised after one: a TaskTimeout
+            # saying how it was stopped, at the line it was stopped at.
+            timeout = ctx.timeout_error(detail)
+            timeout.__context__ = exc.__context__ if isinstance(exc, interrupt.Interrupt) else exc
+            exc = timeout.with_traceback(exc.__traceback__)
         if isinstance(exc, RetryTask):  # does not use up a retry
             delay = rec.retry_delay if exc.delay is None else exc.delay
             fields["message"] = f"RetryTask: {exc}"
@@ -182,14 +208,19 @@ class WorkerPool:
             # asyncio.timeout() raises a plain TimeoutError: report it as ours
             exc = TaskTimeout(f"task {rec.id} ({rec.name}) ran past its timeout of {rec.timeout}s")
         tb = exc.__traceback__
-        if tb is not None and tb.tb_frame.f_code is WorkerPool.run.__code__:
-            exc = exc.with_traceback(tb.tb_next)  # the user's frames only
+        while tb is not None and tb.tb_frame.f_code in OUR_FRAMES:
+            tb = tb.tb_next
+        exc = exc.with_traceback(tb)  # the user's frames only
         fields["error"] = self.state.describe(exc)
+        why = f" ({detail})" if detail and isinstance(exc, TaskTimeout) else ""
         if rec.retries_used < rec.retries and isinstance(exc, retry_on):
             fields["retries_used"] = rec.retries_used + 1
             fields["eta"] = time.time() + rec.retry_delay * rec.retry_backoff ** rec.retries_used
-            fields["message"] = f"retry {rec.retries_used + 1} of {rec.retries} after {type(exc).__name__}"
+            fields["message"] = (f"retry {rec.retries_used + 1} of {rec.retries} "
+                                 f"after {type(exc).__name__}{why}")
             return RETRYING
+        if why:
+            fields["message"] = f"timed out: {detail}"
         return FAILED
 
     def _run_async(self, ctx, awaitable, timeout):
@@ -217,21 +248,48 @@ class WorkerPool:
 
     # ---- heartbeat -----------------------------------------------------
     def _beat(self):
+        """Upkeep every ``period``; between, wake for the moments a running task is
+        due an interrupt (``TaskContext.watch``). Idle, it wakes once a second."""
         period = min(1.0, self.lease / 3)
         last_renew = time.monotonic()
-        while not self._stopping.wait(period):
+        next_upkeep = wake_at = last_renew + period
+        while True:
+            self._wake.wait(max(MIN_BEAT, wake_at - time.monotonic()))
+            self._wake.clear()  # before looking: a cancel asked from now on wakes us again
+            if self._stopping.is_set():
+                return
+            now = time.monotonic()
+            soonest = None  # the earliest moment a running task wants a look
             try:
                 running = dict(self.state.running)
-                if running and time.monotonic() - last_renew >= self.lease / 3 - 0.01:
-                    last_renew = time.monotonic()
-                    held = self.store.renew(list(running), self.worker_id, self.lease)
-                    for tid, cancel in held.items():
-                        if cancel:
-                            running[tid].request_cancel()
                 for ctx in running.values():
-                    ctx.flush()
-                self.store.requeue_expired(max_recoveries=self.state.max_recoveries,
-                                           alive=self.state.alive)
-                self.state.housekeeping()
+                    ctx.waker = self._wake.set  # a re-run Queue's pool watches the old one's tasks
+                    due = ctx.watch(now)
+                    if due is not None and (soonest is None or due < soonest):
+                        soonest = due
+                if now >= next_upkeep:
+                    next_upkeep = now + period
+                    last_renew = self._upkeep(running, now, last_renew)
             except Exception:
                 self.state.log("heartbeat error", sys.exc_info())
+            wake_at = next_upkeep if soonest is None else min(next_upkeep, soonest)
+
+    def _upkeep(self, running, now, last_renew):
+        """Renew leases (learning of cancels asked elsewhere), write quiet tasks'
+        progress, requeue tasks whose worker died, housekeeping. Returns when the
+        leases were last renewed."""
+        if running and now - last_renew >= self.lease / 3 - 0.01:
+            last_renew = now
+            held = self.store.renew(list(running), self.worker_id, self.lease)
+            for tid, cancel in held.items():
+                if cancel:
+                    running[tid].request_cancel()
+        for ctx in running.values():
+            ctx.flush()
+        self.store.requeue_expired(max_recoveries=self.state.max_recoveries,
+                                   alive=self.state.alive)
+        self.state.housekeeping()
+        return last_renew
+
+
+OUR_FRAMES = (WorkerPool.run.__code__, interrupt.call_user.__code__)  # not shown in a task's traceback

@@ -253,8 +253,9 @@ class TaskView(View):
         retried or recovered), where it came from or went, the error."""
         status = rec.status
         lines = []
-        msg = rec.progress_message or (rec.message if status in (RETRYING, CANCELLED) or (
-            rec.recoveries and status not in FINISHED) else None)
+        why = rec.message if status in (RETRYING, CANCELLED) or (
+            rec.recoveries and status not in FINISHED) else None
+        msg = why if status == CANCELLED else (rec.progress_message or why)  # why it stopped first
         if msg:
             lines.append(f'<span class="nbqueue-message" style="color:#555">{html.escape(msg)}</span>')
         if rec.message and rec.message.startswith(RETRY_OF):

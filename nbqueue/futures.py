@@ -79,22 +79,17 @@ class TaskFuture(concurrent.futures.Future):
     def result(self, timeout=None):
         """The task's value, waiting up to ``timeout`` seconds. Raises what
         ``Result.get`` raises: TaskException, TaskCancelled, TimeoutError."""
-        try:
-            return super().result(timeout)
-        except concurrent.futures.CancelledError:
-            if not self.cancelled():
-                raise
-            raise self.cancel_error() from None
-        except TimeoutError:
-            if self.done():
-                raise
-            raise self._timeout_error(timeout) from None
+        return self._waiting(super().result, timeout)
 
     def exception(self, timeout=None):
         """The TaskException of a failed task, None if it succeeded; raises
         TaskCancelled and TimeoutError like ``result``."""
+        return self._waiting(super().exception, timeout)
+
+    def _waiting(self, wait, timeout):
+        # concurrent.futures' own errors, as nbqueue's (with the task's name and id)
         try:
-            return super().exception(timeout)
+            return wait(timeout)
         except concurrent.futures.CancelledError:
             if not self.cancelled():
                 raise

@@ -146,8 +146,8 @@ def test_task_widget_under_submitting_cell_holds_final_state(quickstart):
     assert "crunch" in html and "nbqueue-succeeded" in html
     assert "100/100" in html and "step 100 of 100" in html
     assert w.buttons(tree) == []  # no Cancel once finished, no Retry after a success
-    # the log's title counts its lines (crunch printed 5)
-    assert w.titles(tree) == ["Log (5 lines)"]
+    # the log's title counts its lines (crunch printed 5) and what it displayed
+    assert w.titles(tree) == ["Log (5 lines, 1 display)"]
 
 
 def test_task_prints_stay_in_its_widget_log(quickstart):
@@ -159,6 +159,17 @@ def test_task_prints_stay_in_its_widget_log(quickstart):
         if c.cell_type == "code":
             assert "crunch: step" not in text_of(c), f"a task's print leaked into cell {c.id}"
     assert text_of(cell(quickstart, "meanwhile")) == "this cell ran while crunch was working\n"
+
+
+def test_task_display_is_saved_in_its_widget_not_in_a_cell(quickstart):
+    w = Widgets(quickstart)
+    tree = w.tree(view_id(cell(quickstart, "submit")))
+    shown = [o for s in w.of(tree, "OutputModel") for o in s["outputs"]
+             if o.get("output_type") == "display_data"]
+    assert [o["data"]["text/markdown"] for o in shown] == ["crunch of 100 steps: **328350**"]
+    for c in quickstart.cells:
+        if c.cell_type == "code":
+            assert "crunch of 100 steps" not in json.dumps(c.get("outputs", [])), c.id
 
 
 def test_failed_task_widget_shows_error_and_traceback(quickstart):

@@ -61,6 +61,7 @@ class Signals:
         self._waited = collections.Counter()     # task id -> threads waiting for it to finish
         self.work_seq = 0
         self._work_counter = itertools.count(1)
+        self._done_counter = itertools.count(1)
         self.done_seq = 0
         self.eta_seq = 0
 
@@ -75,10 +76,12 @@ class Signals:
                 self._work_ready.notify(n)
 
     def notify_done(self, task_id=None):
-        """Wake waiters on ``task_id`` (None: on any task) because it finished."""
-        with self._signal_lock:
-            self.done_seq += 1
-            if self._waited and (task_id is None or task_id in self._waited):
+        """Wake waiters on ``task_id`` (None: on any task) because it finished.
+        No lock unless someone waits: as in notify_work, a waiter registers before
+        it reads done_seq, and done_seq moves before we look for waiters."""
+        self.done_seq = next(self._done_counter)
+        if self._waited and (task_id is None or task_id in self._waited):
+            with self._signal_lock:
                 self._task_done.notify_all()
 
     def notify_eta(self):
@@ -127,11 +130,10 @@ class Signals:
                 wait = poll if wait is None else min(wait, poll)
                 poll = min(poll * 2, self.max_poll)
             with self._signal_lock:
-                if self.done_seq != seq:
-                    continue
-                self._waited[task_id] += 1
+                self._waited[task_id] += 1  # before reading done_seq: see notify_done
                 try:
-                    self._task_done.wait(wait)
+                    if self.done_seq == seq:
+                        self._task_done.wait(wait)
                 finally:
                     self._waited[task_id] -= 1
                     if not self._waited[task_id]:

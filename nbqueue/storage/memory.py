@@ -37,6 +37,7 @@ from .seqindex import SeqIndex
 
 FRONT = -(1 << 62)   # qseq of recovered tasks: ahead of every normal one
 ALIVE_RECHECK = 5.0  # a live holder's lapsed claim is extended by this, then checked again
+RETAIN_BATCH = 500   # records retention drops per hold of the lock
 
 
 class MemoryStorage(MemoryJobs, Storage):
@@ -405,23 +406,16 @@ class MemoryStorage(MemoryJobs, Storage):
         return len(doomed)
 
     def retain(self, keep=None, max_finished=None, now=None):
+        # In batches, letting the lock go between them: a flood of finished tasks
+        # (15,000 a second) must not stop the workers while thousands are dropped.
         now = time.time() if now is None else now
-        dropped = 0
+        batch, total = RETAIN_BATCH, 0
+        while batch == RETAIN_BATCH:
+            with self._mutex:
+                self._drain()
+                batch = self._retain_some(keep, max_finished, now, RETAIN_BATCH)
+            total += batch
         with self._mutex:
-            self._drain()
-            finished = self._finished
-            total = sum(self._counts[s] for s in FINISHED)
-            while finished:
-                at, _, task_id = finished[0]
-                old = keep is not None and at < now - keep
-                if not old and (max_finished is None or total <= max_finished):
-                    break
-                heapq.heappop(finished)
-                rec = self._records.get(task_id)
-                if rec is not None and rec.finished and rec.finished_at == at:
-                    self._drop(rec)
-                    dropped += 1
-                    total -= 1
             expiries = self._expiries
             while expiries and expiries[0][0] <= now:
                 _, _, task_id = heapq.heappop(expiries)
@@ -432,7 +426,24 @@ class MemoryStorage(MemoryJobs, Storage):
                     self._expire_later.discard(task_id)
                 elif rec.finished:
                     self._drop(rec)
-                    dropped += 1
+                    total += 1
+        return total
+
+    def _retain_some(self, keep, max_finished, now, most):
+        """Drop at most ``most`` finished records that ``keep``/``max_finished`` let go."""
+        finished, dropped = self._finished, 0
+        excess = sum(self._counts[s] for s in FINISHED) - (max_finished or 0)
+        while finished and dropped < most:
+            at, _, task_id = finished[0]
+            old = keep is not None and at < now - keep
+            if not old and (max_finished is None or excess <= 0):
+                break
+            heapq.heappop(finished)
+            rec = self._records.get(task_id)
+            if rec is not None and rec.finished and rec.finished_at == at:
+                self._drop(rec)
+                dropped += 1
+                excess -= 1
         return dropped
 
     def trim_runs(self, name, keep):

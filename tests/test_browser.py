@@ -714,7 +714,7 @@ def test_static_html_export_renders_widgets(browser, kernelspec_dir, embed_js, t
                                         arg=submit).json_value()
         assert crunch["width"] == 100 and "nbqueue-fill-success" in crunch["barClass"], crunch
         assert crunch["status"] == "succeeded" and "100/100" in crunch["text"]
-        assert not crunch["cancelShown"] and crunch["logTitle"] == "Log (5 lines)", crunch
+        assert not crunch["cancelShown"] and crunch["logTitle"] == "Log (5 lines, 1 display)", crunch
         # the saved log: expand the accordion, as a reader would, and read what shows
         widget = page.locator(".jp-Notebook .jp-Cell").nth(submit).locator(".nbqueue-task")
         widget.locator(".jupyter-widget-Collapse-header").click()

@@ -17,7 +17,7 @@ import pytest
 import nbqueue
 from nbqueue.runtime import interrupt
 
-from conftest import gate, queue_threads, wait_until
+from conftest import gate, new_gate_key, queue_threads, wait_until
 
 WAIT = 15
 STOP_BOUND = 4.0   # a never-checking loop stops this soon after cancel()/its timeout
@@ -282,3 +282,27 @@ def test_timeout_interrupt_is_filtered_by_retry_on(memory_queue):
         r.get(timeout=WAIT)
     assert info.value.exc_type.endswith("TaskTimeout")
     assert r.attempts == 1
+
+
+@pytest.mark.slow
+def test_a_cancel_asked_by_another_process_stops_a_task_that_never_checks(tmp_path):
+    """The heartbeat learns of it within a second (not only at the next lease renewal),
+    then interrupts the task after the grace."""
+    import os
+    import subprocess
+    import sys
+    store = str(tmp_path / "store")
+    q = nbqueue.Queue("remote-cancel", storage=store, workers=1)
+    try:
+        started = new_gate_key("started")
+        r = q.task(spin)(started)
+        assert gate(started).wait(WAIT)
+        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        subprocess.run([sys.executable, "-c", "import sys, nbqueue\n"
+                        "q = nbqueue.Queue('remote-cancel', storage=sys.argv[1], workers=0, start=False)\n"
+                        "print(q.cancel(sys.argv[2]))", store, r.id],
+                       check=True, env=dict(os.environ, PYTHONPATH=root), timeout=60)
+        assert r.wait(WAIT)
+        assert r.status == "cancelled" and "interrupted" in q.store.get(r.id).message
+    finally:
+        q.shutdown(wait=False)

@@ -284,6 +284,13 @@ class WorkerPool:
             for tid, cancel in held.items():
                 if cancel:
                     running[tid].request_cancel()
+        elif running and self.store.shared:
+            # A cancel asked in another process, learnt within a second (a read, not
+            # a write), not only at the next renewal (lease / 3) or the task's next print.
+            for tid, ctx in running.items():
+                rec = self.store.get(tid)
+                if rec is not None and rec.cancel_requested and not ctx.cancelled:
+                    ctx.request_cancel()
         for ctx in running.values():
             ctx.flush()
         self.store.requeue_expired(max_recoveries=self.state.max_recoveries,

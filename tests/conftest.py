@@ -158,3 +158,15 @@ def disk_queue(tmp_path):
     yield q
     release_all_gates()
     q.shutdown(wait=True, cancel_pending=True)
+
+
+def iopub_until_idle(kc, msg_id, timeout=120):
+    """The iopub messages a kernel sends until the cell ``msg_id`` is idle again
+    (messages of other cells on the way included, as a frontend would see them)."""
+    msgs = []
+    while True:
+        msg = kc.get_iopub_msg(timeout=timeout)
+        msgs.append(msg)
+        if (msg["parent_header"].get("msg_id") == msg_id and msg["msg_type"] == "status"
+                and msg["content"]["execution_state"] == "idle"):
+            return msgs

@@ -22,7 +22,7 @@ import pytest
 import nbqueue
 from nbqueue.runtime import logcapture
 
-from conftest import gate, new_gate_key, unique_name, wait_until
+from conftest import gate, iopub_until_idle, new_gate_key, unique_name, wait_until
 
 WAIT = 10
 
@@ -192,15 +192,9 @@ def kernel(tmp_path_factory):
     seen = []
 
     def run(*parts):
-        msgs = []
         msg_id = kc.execute("\n".join(textwrap.dedent(part) for part in parts))
-        while True:
-            msg = kc.get_iopub_msg(timeout=60)
-            seen.append(msg)
-            msgs.append(msg)
-            if (msg["parent_header"].get("msg_id") == msg_id and msg["msg_type"] == "status"
-                    and msg["content"]["execution_state"] == "idle"):
-                break
+        msgs = iopub_until_idle(kc, msg_id, timeout=60)
+        seen.extend(msgs)
         reply = kc.get_shell_msg(timeout=60)
         while reply["parent_header"].get("msg_id") != msg_id:
             reply = kc.get_shell_msg(timeout=60)

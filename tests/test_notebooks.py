@@ -16,6 +16,8 @@ import time
 
 import pytest
 
+from conftest import iopub_until_idle
+
 nbformat = pytest.importorskip("nbformat")
 nbclient = pytest.importorskip("nbclient")
 
@@ -286,15 +288,8 @@ def kernel(kernel_name):
     km, kc = start_new_kernel(kernel_name=kernel_name)
 
     def run(code, until_idle=True):
-        msgs = []
         msg_id = kc.execute(textwrap.dedent(code))
-        while until_idle:
-            msg = kc.get_iopub_msg(timeout=120)
-            msgs.append(msg)
-            if (msg["parent_header"].get("msg_id") == msg_id and msg["msg_type"] == "status"
-                    and msg["content"]["execution_state"] == "idle"):
-                break
-        return msg_id, msgs
+        return msg_id, iopub_until_idle(kc, msg_id) if until_idle else []
 
     try:
         yield run

@@ -40,11 +40,6 @@ MEMORY_MAX_FINISHED = 10_000
 MAX_NAME = 200
 
 
-def latest_queue():
-    """The most recently created Queue. Raises NbqueueError if there is none."""
-    return registry.latest_queue()
-
-
 class Queue:
     """A named task queue on a store, with a pool of worker threads.
 
@@ -69,8 +64,7 @@ class Queue:
         lease = check_seconds(lease, "lease", minimum=0.1, maximum=86400.0)
         check_count(max_recoveries, "max_recoveries")
         check_count(output_limit, "output_limit", hint="characters")
-        keep = None if keep is None else check_seconds(keep, "keep", minimum=1.0,
-                                                       maximum=100 * 365 * 86400.0)
+        keep = None if keep is None else check_seconds(keep, "keep", minimum=1.0)  # to HORIZON
         if max_finished is not None:
             check_count(max_finished, "max_finished")
         self.name = name
@@ -84,15 +78,11 @@ class Queue:
                 self.state = old.state
                 old._hand_over(self)
             else:
-                store = open_storage(storage, name)
-                self.state = QueueState(name, store, lease=lease, max_recoveries=int(max_recoveries),
-                                        output_limit=int(output_limit), keep=keep,
-                                        max_finished=None)
-            state = self.state
-            state.lease, state.max_recoveries, state.output_limit = lease, int(max_recoveries), int(output_limit)
-            state.keep = keep
-            state.max_finished = max_finished if max_finished is not None else (
-                None if state.store.shared else MEMORY_MAX_FINISHED)
+                self.state = QueueState(name, open_storage(storage, name))
+            self.state.configure(
+                lease=lease, max_recoveries=int(max_recoveries), output_limit=int(output_limit),
+                keep=keep, max_finished=max_finished if max_finished is not None else (
+                    None if self.state.store.shared else MEMORY_MAX_FINISHED))
             self._key = key
             registry.live[key] = self
             registry.set_latest(self)

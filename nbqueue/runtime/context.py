@@ -12,12 +12,11 @@ a ``GRACE`` it raises TaskCancelled/TaskTimeout in the task's thread
 stopping, and whether it waits for a C call to return.
 """
 
-import math
-import numbers
 import threading
 import time
 
 from ..exceptions import TaskCancelled, TaskTimeout
+from ..validation import check_number
 from . import interrupt
 
 FLUSH_INTERVAL = 0.1
@@ -247,13 +246,8 @@ class TaskContext:
 
 
 def _progress_number(value, what, positive=False):
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"progress({what}={value!r}): give a number")
-    value = float(value) if not isinstance(value, int) else value
-    if not math.isfinite(value) or value < 0 or (positive and value == 0):
-        raise ValueError(f"progress({what}={value!r}): give a finite number "
-                         + ("> 0" if positive else ">= 0"))
-    return value
+    checked = check_number(value, f"progress() argument {what}", minimum=0, strict=positive)
+    return value if isinstance(value, int) else checked  # a count stays a whole number
 
 
 def current_task():

@@ -33,17 +33,13 @@ def new_task_id():
 
 class QueueState:
     """The store, the worker id, the registered tasks and the in-process task data
-    of one queue. Settings (``lease``, ``keep``...) are plain attributes."""
+    of one queue. Settings (``lease``, ``keep``...) are plain attributes, set by
+    ``configure`` (again by each Queue that takes the state over)."""
 
-    def __init__(self, name, store, *, lease, max_recoveries, output_limit, keep, max_finished):
+    def __init__(self, name, store):
         self.name = name
         self.store = store
         self.worker_id = new_worker_id()
-        self.lease = lease
-        self.max_recoveries = max_recoveries
-        self.output_limit = output_limit
-        self.keep = keep                  # seconds finished records are kept (None: for ever)
-        self.max_finished = max_finished  # finished records kept at most (None: no limit)
         self.tasks = {}          # name -> TaskFunction registered on the queue
         self.calls = {}          # task id -> live (func, args, kwargs, retry_on), in-process only
         self.callbacks = {}      # task id -> [(fn, the Result it was registered on)]
@@ -55,6 +51,12 @@ class QueueState:
         self.memo = None         # the memo cache, opened on first use (``memo_cache``)
         self._lock = threading.Lock()
         self._next_housekeeping = self._next_sweep = 0.0
+
+    def configure(self, *, lease, max_recoveries, output_limit, keep, max_finished):
+        """Set the settings (checked by the Queue). ``keep``: seconds finished records
+        are kept (None: for ever); ``max_finished``: at most that many (None: no limit)."""
+        self.lease, self.max_recoveries, self.output_limit = lease, max_recoveries, output_limit
+        self.keep, self.max_finished = keep, max_finished
 
     # ---- calls and values ------------------------------------------------
     def resolve_call(self, rec):

@@ -206,7 +206,7 @@ class WorkerPool:
             return RETRYING
         if isinstance(exc, TimeoutError) and ctx.timed_out and not isinstance(exc, TaskTimeout):
             # asyncio.timeout() raises a plain TimeoutError: report it as ours
-            exc = TaskTimeout(f"task {rec.id} ({rec.name}) ran past its timeout of {rec.timeout}s")
+            exc = ctx.timeout_error()
         tb = exc.__traceback__
         while tb is not None and tb.tb_frame.f_code in OUR_FRAMES:
             tb = tb.tb_next

@@ -21,9 +21,9 @@ import itertools
 import threading
 import time
 
-from ..exceptions import TaskNotFound
-from ..records import BULKY, JobRecord
-from ..states import FINISHED
+from ..exceptions import InvalidStateError, TaskNotFound
+from ..records import BULKY, OUTCOME_FIELDS, PROGRESS_FIELDS, JobRecord
+from ..states import FINISHED, RUNNING, TRANSITIONS
 
 JOB_FIELDS = frozenset(f.name for f in dataclasses.fields(JobRecord))
 
@@ -39,6 +39,24 @@ def check_load(load):
     wrong = set(load) - BULKY
     if wrong:
         raise ValueError(f"load={sorted(wrong)}: only {', '.join(sorted(BULKY))} can be loaded")
+
+
+def check_run_end(status, fields):
+    """Raise before anything is touched unless a run can end in ``status`` setting
+    ``fields``: InvalidStateError for the status, ValueError for the fields."""
+    if status not in TRANSITIONS[RUNNING]:
+        raise InvalidStateError(f"a run cannot end in {status!r}")
+    wrong = set(fields) - OUTCOME_FIELDS
+    if wrong:
+        raise ValueError(f"a run's end cannot set {', '.join(sorted(wrong))}")
+
+
+def check_progress_fields(fields):
+    """Raise ValueError unless ``fields`` are progress and output fields only."""
+    wrong = set(fields) - PROGRESS_FIELDS
+    if wrong:
+        raise ValueError(f"update() changes progress and output only, not "
+                         f"{', '.join(sorted(wrong))}; states move through the state machine")
 
 
 def check_job_fields(fields):

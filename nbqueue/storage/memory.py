@@ -19,19 +19,17 @@ import threading
 import time
 from collections import Counter
 
-from ..exceptions import InvalidStateError, WorkerLost
-from ..records import PROGRESS_FIELDS
+from ..exceptions import WorkerLost
 from ..serializer import describe_exception
 from ..states import (
     FINISHED,
     PENDING,
     RUNNING,
     STATES,
-    TRANSITIONS,
     WAITING,
     check_states,
 )
-from .base import Storage, check_load, not_found
+from .base import Storage, check_load, check_progress_fields, check_run_end, not_found
 from .memoryjobs import MemoryJobs
 from .seqindex import SeqIndex
 
@@ -222,8 +220,7 @@ class MemoryStorage(MemoryJobs, Storage):
         return rec
 
     def finish_and_claim(self, task_id, worker, status, lease, now=None, **fields):
-        if status not in TRANSITIONS[RUNNING]:  # refuse before touching anything
-            raise InvalidStateError(f"a run cannot end in {status!r}")
+        check_run_end(status, fields)
         now = time.time() if now is None else now
         released = 0
         with self._mutex:
@@ -357,10 +354,7 @@ class MemoryStorage(MemoryJobs, Storage):
         return None if rec is None else rec.status
 
     def update(self, task_id, **fields):
-        wrong = set(fields) - PROGRESS_FIELDS
-        if wrong:
-            raise ValueError(f"update() changes progress and output only, not "
-                             f"{', '.join(sorted(wrong))}; states move through the state machine")
+        check_progress_fields(fields)
         with self._mutex:
             self._drain()
             rec = self._running.get(task_id)

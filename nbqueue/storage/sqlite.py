@@ -6,8 +6,8 @@ import heapq
 import os
 import time
 
-from ..exceptions import InvalidStateError, NbqueueError, WorkerLost
-from ..records import BULKY, OUTCOME_FIELDS, PROGRESS_FIELDS
+from ..exceptions import NbqueueError, WorkerLost
+from ..records import BULKY
 from ..serializer import describe_exception
 from ..states import (
     CANCELLED,
@@ -16,10 +16,9 @@ from ..states import (
     RETRYING,
     RUNNING,
     STATES,
-    TRANSITIONS,
     check_states,
 )
-from .base import Storage, not_found
+from .base import Storage, check_progress_fields, check_run_end, not_found
 from .sqlitedb import (
     COLS,
     SELECT,
@@ -189,11 +188,7 @@ class SqliteStorage(SqliteJobs, SqliteDatabase, Storage):
             return rec, ended, self._load(t.con, rec, parts)
 
     def finish_and_claim(self, task_id, worker, status, lease, now=None, **fields):
-        if status not in TRANSITIONS[RUNNING]:  # refuse before touching anything
-            raise InvalidStateError(f"a run cannot end in {status!r}")
-        wrong = set(fields) - OUTCOME_FIELDS
-        if wrong:
-            raise ValueError(f"a run's end cannot set {', '.join(sorted(wrong))}")
+        check_run_end(status, fields)
         now = time.time() if now is None else now
         result = self._stage(fields["result"]) if "result" in fields else None
         finished, released, ended, nxt, files = False, 0, [], None, ()
@@ -350,10 +345,7 @@ class SqliteStorage(SqliteJobs, SqliteDatabase, Storage):
         return None if row is None else row[0]
 
     def update(self, task_id, **fields):
-        wrong = set(fields) - PROGRESS_FIELDS
-        if wrong:
-            raise ValueError(f"update() changes progress and output only, not "
-                             f"{', '.join(sorted(wrong))}; states move through the state machine")
+        check_progress_fields(fields)
         cols = {k: v for k, v in fields.items() if k != "output"}
         with self._txn() as t:
             row = t.con.execute("SELECT seq, cancel_requested FROM tasks WHERE id = ? AND "

@@ -16,7 +16,7 @@ from IPython.display import display
 
 from .. import registry
 from ..exceptions import NbqueueError, TaskNotFound
-from ..queue import Queue, latest_queue
+from ..queue import Queue
 from ..states import UNFINISHED
 from ..task import TaskFunction, make_options
 
@@ -81,7 +81,7 @@ def _unquote(value):
 def _queue_from(shell, name):
     if name is None:
         try:
-            q = latest_queue()
+            q = registry.latest_queue()
         except NbqueueError:
             raise UsageError("no nbqueue Queue yet: create one (q = nbqueue.Queue()) "
                              "or name one with -q VAR") from None

@@ -324,5 +324,27 @@ class Storage(Signals):
         """Let the lock go if ``holder`` has it."""
         raise NotImplementedError
 
+    # ---- the worker registry (sidecars and ``nbqueue worker`` processes) ---------
+    def beat_worker(self, worker, info, now=None) -> dict:
+        """Record that ``worker`` (a worker id) lives: store ``info`` (a dict of plain
+        values: pid, host, workers, busy...) with ``beat_at = now``. Keys set by
+        others with ``update_worker`` and absent from ``info`` (``stop``) are kept.
+        Returns the stored dict."""
+        raise NotImplementedError
+
+    def update_worker(self, worker, **fields) -> bool:
+        """Merge ``fields`` into a registered worker's info (``stop=True`` asks it
+        to stop). False if it is not registered."""
+        raise NotImplementedError
+
+    def remove_worker(self, worker) -> bool:
+        """Forget a worker (it stopped). False if it was not registered."""
+        raise NotImplementedError
+
+    def registered_workers(self) -> dict:
+        """``{worker id: info}`` of every registered worker, dead ones included
+        (``beat_at`` says when each last beat)."""
+        raise NotImplementedError
+
     def close(self):
         pass

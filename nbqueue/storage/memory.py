@@ -63,6 +63,7 @@ class MemoryStorage(MemoryJobs, Storage):
         self._front = itertools.count(FRONT)
         self._job_map = {}
         self._lock_state = None
+        self._workers = {}  # worker id -> info (beat_worker)
 
     def __repr__(self):
         return "MemoryStorage()"

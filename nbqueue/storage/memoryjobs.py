@@ -84,3 +84,25 @@ class MemoryJobs:
             self._drain()
             if self._lock_state is not None and self._lock_state[0] == holder:
                 self._lock_state = None
+
+    # ---- the worker registry (in-process workers only: a memory store is not shared)
+    def beat_worker(self, worker, info, now=None):
+        with self._mutex:
+            stored = self._workers.setdefault(worker, {})
+            stored.update(info, beat_at=time.time() if now is None else now)
+            return dict(stored)
+
+    def update_worker(self, worker, **fields):
+        with self._mutex:
+            if worker not in self._workers:
+                return False
+            self._workers[worker].update(fields)
+            return True
+
+    def remove_worker(self, worker):
+        with self._mutex:
+            return self._workers.pop(worker, None) is not None
+
+    def registered_workers(self):
+        with self._mutex:
+            return {w: dict(info) for w, info in self._workers.items()}

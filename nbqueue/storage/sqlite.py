@@ -18,7 +18,7 @@ from ..states import (
     STATES,
     check_states,
 )
-from .base import Storage, check_progress_fields, check_run_end, not_found
+from .base import Signals, Storage, check_progress_fields, check_run_end, not_found
 from .sqlitedb import (
     COLS,
     SELECT,
@@ -31,9 +31,11 @@ from .sqlitedb import (
     unlink,
 )
 from .sqlitejobs import SqliteJobs
+from .wakeups import Wakeups
 
 __all__ = ["SqliteStorage", "prepare_directory", "queue_name_of"]
 
+WAKE_ALL = 1 << 16       # a wake-up from another process wakes every waiting worker
 BATCH = 500              # records deleted per transaction
 FRONT = -(1 << 62)       # qseq of recovered tasks: FRONT + seq, ahead of every normal one
 SEQ = COLS.index("seq")
@@ -93,6 +95,41 @@ class SqliteStorage(SqliteJobs, SqliteDatabase, Storage):
     def __init__(self, directory, queue_name):
         super().__init__()
         self._open_store(directory, queue_name)
+        self._wakeups = Wakeups(self.directory, {
+            b"w": lambda: Signals.notify_work(self, WAKE_ALL),
+            b"d": lambda: Signals.notify_done(self),
+            b"e": lambda: Signals.notify_eta(self)})
+
+    # ---- wake-ups: in this process, and a datagram to the others (``wakeups``) ------
+    def notify_work(self, n=1):
+        super().notify_work(n)
+        self._wakeups.send(b"w")
+
+    def notify_done(self, task_id=None):
+        super().notify_done(task_id)
+        self._wakeups.send(b"d")
+
+    def notify_eta(self):
+        super().notify_eta()
+        self._wakeups.send(b"e")
+
+    def wait_for_work(self, seen_seq, timeout):
+        self._wakeups.listen()
+        super().wait_for_work(seen_seq, timeout)
+
+    def wait_done(self, task_id, timeout=None):
+        self._wakeups.listen()
+        return super().wait_done(task_id, timeout)
+
+    def wait_for_eta(self, seen_seq, timeout):
+        self._wakeups.listen()
+        super().wait_for_eta(seen_seq, timeout)
+
+    def close(self):
+        wakeups = getattr(self, "_wakeups", None)  # None: the open failed
+        if wakeups is not None:
+            wakeups.close()
+        super().close()
 
     def __repr__(self):
         return f"SqliteStorage({self.directory!r})"

@@ -31,6 +31,7 @@ from .storedir import (
 )
 
 FORMAT = 2
+WORKERS_TABLE = "CREATE TABLE IF NOT EXISTS workers (id TEXT PRIMARY KEY, info TEXT NOT NULL)"
 BIG = 1 << 20            # values over this go to files under values/
 BUSY_TIMEOUT = 60.0
 JOIN_WAIT = 0.002        # an add waits this long for another thread's commit, then tries itself      # other processes share the file
@@ -75,6 +76,7 @@ SCHEMA = [
     "CREATE TABLE IF NOT EXISTS outputs (seq INTEGER PRIMARY KEY, text TEXT NOT NULL)",
     "CREATE TABLE IF NOT EXISTS counts (status TEXT PRIMARY KEY, n INTEGER NOT NULL) WITHOUT ROWID",
     "CREATE TABLE IF NOT EXISTS jobs (name TEXT PRIMARY KEY, data BLOB NOT NULL)",
+    WORKERS_TABLE,
     """CREATE TRIGGER IF NOT EXISTS tasks_added AFTER INSERT ON tasks BEGIN
         UPDATE counts SET n = n + 1 WHERE status = new.status; END""",
     """CREATE TRIGGER IF NOT EXISTS tasks_deleted AFTER DELETE ON tasks BEGIN
@@ -86,7 +88,7 @@ SCHEMA = [
         UPDATE counts SET n = n - 1 WHERE status = old.status;
         UPDATE counts SET n = n + 1 WHERE status = new.status; END""",
 ]
-OBJECTS = frozenset(re.search(r"EXISTS (\w+)", sql).group(1) for sql in SCHEMA)
+OBJECTS = frozenset(re.search(r"EXISTS (\w+)", sql).group(1) for sql in SCHEMA) - {"workers"}
 _SAFE_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]{0,199}")
 
 
@@ -190,6 +192,8 @@ class SqliteDatabase:
                 f"{self.directory!r} is the store of queue {meta.get('queue')!r}, not {queue_name!r}; "
                 f"one queue per directory: use Queue({meta.get('queue')!r}, storage=...) "
                 "or another directory")
+        if "workers" not in names:  # a store made before the worker registry
+            con.execute(WORKERS_TABLE)
         if OBJECTS - names or "queue" not in meta:
             lost = ", ".join(sorted(OBJECTS - names)) or "its queue name"
             raise damaged(self._path, f"has lost {lost}")

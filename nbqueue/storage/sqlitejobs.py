@@ -1,6 +1,8 @@
-"""The SQLite store's periodic jobs and scheduler lock (a mixin of ``SqliteStorage``):
-one ``jobs`` row per job (the JobRecord pickled), the lock in ``meta``."""
+"""The SQLite store's periodic jobs, scheduler lock and worker registry (a mixin
+of ``SqliteStorage``): one ``jobs`` row per job (the JobRecord pickled), the
+lock in ``meta``, one ``workers`` row per registered worker (JSON)."""
 
+import json
 import pickle
 import time
 
@@ -113,3 +115,37 @@ class SqliteJobs:
         with self._txn() as t:
             if self._holder(t.con)[0] == holder:
                 t.con.execute("UPDATE meta SET value = NULL WHERE key = 'lock_holder'")
+
+    # ---- the worker registry ---------------------------------------------------
+    def beat_worker(self, worker, info, now=None):
+        info = dict(info, beat_at=time.time() if now is None else now)
+        with self._txn() as t:
+            row = t.con.execute("SELECT info FROM workers WHERE id = ?", (worker,)).fetchone()
+            if row is not None:
+                info = dict(_load_info(row[0]), **info)
+            t.con.execute("INSERT OR REPLACE INTO workers VALUES (?, ?)", (worker, json.dumps(info)))
+        return info
+
+    def update_worker(self, worker, **fields):
+        with self._txn() as t:
+            row = t.con.execute("SELECT info FROM workers WHERE id = ?", (worker,)).fetchone()
+            if row is None:
+                return False
+            t.con.execute("UPDATE workers SET info = ? WHERE id = ?",
+                          (json.dumps(dict(_load_info(row[0]), **fields)), worker))
+        return True
+
+    def remove_worker(self, worker):
+        with self._txn() as t:
+            return t.con.execute("DELETE FROM workers WHERE id = ?", (worker,)).rowcount > 0
+
+    def registered_workers(self):
+        return {w: _load_info(info) for w, info in self._all("SELECT id, info FROM workers")}
+
+
+def _load_info(text):
+    try:
+        info = json.loads(text)
+    except ValueError:
+        return {"unreadable": True}
+    return info if isinstance(info, dict) else {"unreadable": True}

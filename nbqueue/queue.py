@@ -38,6 +38,7 @@ from .validation import check_count, check_seconds
 DEFAULT_KEEP = datetime.timedelta(days=7)
 MEMORY_MAX_FINISHED = 10_000
 MAX_NAME = 200
+WORKER_TYPES = ("thread", "process")
 
 
 class Queue:
@@ -47,6 +48,10 @@ class Queue:
     (in-process, no pickling) or a directory path. ``keep``: how long finished
     records stay (a timedelta or seconds; None: for ever); a memory queue also
     keeps at most ``max_finished`` (default 10,000) finished records.
+    ``worker_type="process"``: each worker runs its tasks in a child process (a
+    hard ``timeout``, a cancel that stops any task, the kernel never slowed);
+    calls and values are then pickled, on a memory store too. ``workers=0``
+    only submits (a sidecar or ``nbqueue worker`` runs the tasks).
     ``lease``: seconds a running task is held before another process may take it
     over if this one died; ``max_recoveries``: how many such takeovers before the
     task fails with WorkerLost; ``output_limit``: characters of stdout/stderr
@@ -54,13 +59,16 @@ class Queue:
     """
 
     def __init__(self, name="default", storage=None, workers=4, start=True, *,
-                 keep=DEFAULT_KEEP, max_finished=None, lease=10.0, max_recoveries=1,
+                 worker_type="thread", keep=DEFAULT_KEEP, max_finished=None, lease=10.0, max_recoveries=1,
                  output_limit=64 * 1024):
         if not isinstance(name, str) or not name or any(c in name for c in "/\\\0") \
                 or name in (".", "..") or len(name) > MAX_NAME:
             raise ValueError(f"queue name {name!r}: use a non-empty name of at most {MAX_NAME} "
                              "characters without slashes, like 'jobs'")
         check_count(workers, "workers", hint="(0: submit only)")
+        if worker_type not in WORKER_TYPES:
+            raise ValueError(f"worker_type={worker_type!r}: use 'thread' (in this process) or "
+                             "'process' (each worker runs its tasks in a process of its own)")
         lease = check_seconds(lease, "lease", minimum=0.1, maximum=86400.0)
         check_count(max_recoveries, "max_recoveries")
         check_count(output_limit, "output_limit", hint="characters")
@@ -86,9 +94,9 @@ class Queue:
             self._key = key
             registry.live[key] = self
             registry.set_latest(self)
-        self._pool = WorkerPool(self.state, workers)
+        self._pool = WorkerPool(self.state, workers, kind=worker_type)
         self._scheduler = Scheduler(self.state)
-        if start:
+        if start and registry.autostart:
             self.start()
 
     @property
@@ -264,6 +272,26 @@ class Queue:
         return [PeriodicJob(self, name, self.state.tasks.get(name))
                 for name in sorted(self.store.jobs())]
 
+    def start_sidecar(self, workers=4, worker_type="process", wait=30.0):
+        """Start ``nbqueue worker`` on this queue's store as a detached process that
+        outlives a kernel restart (its log: ``sidecar.log`` in the store), or
+        reuse the one that runs there. Returns its ``sidecar_status()``. Raises
+        NbqueueError on a memory store or if it exits at once (with its log)."""
+        from . import sidecar
+        return sidecar.start(self, workers, worker_type, wait)
+
+    def sidecar_status(self):
+        """The live sidecar of this store (pid, host, workers, kind, busy, beat_at,
+        started_at), or None."""
+        from . import sidecar
+        return sidecar.status(self)
+
+    def stop_sidecar(self, now=False, timeout=30.0):
+        """Stop the store's sidecar: it finishes its running tasks (``now=True``:
+        hands them back to pending) and exits. False if none ran."""
+        from . import sidecar
+        return sidecar.stop(self, now, timeout)
+
     def dashboard(self):
         """A live table of this queue's tasks and jobs (text outside a kernel)."""
         from .ui.widgets import Dashboard
@@ -316,9 +344,10 @@ class Queue:
         state = self.state
         call = (task.func, args, kwargs, opts.retry_on)
         cache_key = task.cache_key(args, kwargs) if opts.cache else None
-        if state.store.serializes:
+        if state.store.serializes or self._pool.kind == "process":
             payload = serializer.encode_call(task.name, *call)  # TypeError names the bad argument
-            state.calls[task_id] = call                        # in-process workers use live objects
+            if state.store.serializes:
+                state.calls[task_id] = call                    # in-process threads use live objects
         else:
             payload = call
         parent = capture.submit_parent()

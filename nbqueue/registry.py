@@ -8,6 +8,9 @@ from .exceptions import NbqueueError
 lock = threading.Lock()
 live = {}        # storage key -> the live Queue on that store
 _latest = None   # the most recently created Queue
+# False while ``nbqueue worker module:queue`` imports the module: the Queue it makes
+# must not start workers of its own (the worker command runs them).
+autostart = True
 
 
 def set_latest(queue):

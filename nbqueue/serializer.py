@@ -125,7 +125,7 @@ def _kind_of_type(t):
     return kind
 
 
-_MEMORY = ("; or use Queue(storage='memory'), which keeps arguments by reference in "
+MEMORY_HINT = ("; or use Queue(storage='memory'), which keeps arguments by reference in "
            "this process")
 
 
@@ -134,21 +134,21 @@ def _advice(kind, obj):
         name = getattr(obj, "name", None)
         path = f"the path ({name!r})" if isinstance(name, (str, bytes)) else "its path"
         return (f"a file object: a disk store would copy the whole file into the store. "
-                f"Pass {path} instead and open the file inside the task" + _MEMORY)
+                f"Pass {path} instead and open the file inside the task" + MEMORY_HINT)
     if kind == "socket":
         return ("a socket, which cannot leave this process. Pass its address (a path, or "
-                "host and port) instead and connect inside the task" + _MEMORY)
+                "host and port) instead and connect inside the task" + MEMORY_HINT)
     if kind == "lock":
         article = "an" if type(obj).__name__[0] in "AEIOU" else "a"
         return (f"{article} {type(obj).__name__}, which only works inside one process. Pass a path "
                 "(a lock file, a directory to write to) or plain data instead and "
-                "coordinate inside the task" + _MEMORY)
+                "coordinate inside the task" + MEMORY_HINT)
     if kind == "generator":
         return ("a generator (or coroutine), which cannot be stored and runs only once. Pass "
                 "a list (list(gen)) or the path of the data instead and iterate inside the "
-                "task" + _MEMORY)
+                "task" + MEMORY_HINT)
     return ("a thread, which cannot leave this process. Pass what it works on (a path, "
-            "plain data) instead" + _MEMORY)
+            "plain data) instead" + MEMORY_HINT)
 
 
 def code_fingerprint(func):

@@ -10,6 +10,7 @@ import os
 import re
 import sys
 import threading
+import time
 
 import pytest
 
@@ -23,7 +24,7 @@ import nbqueue  # noqa: E402
 from nbqueue.ui import magics  # noqa: E402
 from nbqueue.ui.widgets import Dashboard  # noqa: E402
 
-from conftest import gate, new_gate_key, release_all_gates, unique_name  # noqa: E402
+from conftest import gate, new_gate_key, release_all_gates, unique_name, wait_until  # noqa: E402
 
 WAIT = 5  # seconds; every wait in this file is bounded by it
 
@@ -72,8 +73,11 @@ def shell(tmp_path_factory):
         yield ip
     finally:
         release_all_gates()
-        if magics._background is not None:
-            magics._background.shutdown(wait=True, cancel_pending=True)
+        for kind, q in list(magics._background.items()):
+            if kind == "sidecar":
+                q.stop_sidecar(now=True)
+            q.shutdown(wait=True, cancel_pending=True)
+        magics._background.clear()
         InteractiveShell.clear_instance()
         sys.displayhook, sys.excepthook = saved_hooks
         if saved_dir is None:
@@ -625,3 +629,67 @@ def test_help_texts(shell, capsys):
     run(shell, "%nbqueue?")  # no pager here: the help is printed
     out = capsys.readouterr().out
     assert "wait [ID]" in out and "workers N" in out
+
+
+# ---- -k process and --sidecar: the cell runs in another process ----------------------
+def _wait_for_name(shell, name, timeout=20):
+    assert wait_until(lambda: name in shell.user_ns, timeout=timeout), f"{name} never came back"
+    return shell.user_ns[name]
+
+
+def test_background_process_ships_what_it_reads_and_brings_back_what_it_assigns(shell):
+    shell.run_cell("import os\nbase = 21\nfactor = {'k': 2}")
+    res = shell.run_cell("%%background -k process\nimport os\nchild_pid = os.getpid()\n"
+                         "doubled = base * factor['k']\ndoubled + 1")
+    assert res.success, res
+    r = shell.user_ns["_bg"]
+    assert r.get(timeout=30) == 43                 # the last expression is the value
+    assert _wait_for_name(shell, "doubled") == 42  # assigned names come back
+    assert shell.user_ns["child_pid"] != os.getpid()  # it ran in another process
+
+
+def test_background_process_names_a_variable_it_cannot_ship(shell):
+    shell.run_cell("import threading\nguard = threading.Lock()")
+    res = shell.run_cell("%%background -k process\nwith guard:\n    done = 1")
+    assert not res.success and isinstance(res.error_in_exec, UsageError)
+    assert "'guard'" in str(res.error_in_exec) and "lock" in str(res.error_in_exec)
+
+
+def test_background_process_fails_naming_an_assigned_name_that_cannot_come_back(shell):
+    res = shell.run_cell("%%background -k process\nimport socket\nsock = socket.socket()\nok = 1")
+    assert res.success, res
+    with pytest.raises(nbqueue.TaskException) as info:
+        shell.user_ns["_bg"].get(timeout=30)
+    assert "'sock'" in str(info.value) and "del sock" in str(info.value)
+    assert "ok" not in shell.user_ns  # a failed cell brings nothing back
+
+
+def test_background_process_timeout_is_hard(shell):
+    res = shell.run_cell("%%background -k process --timeout 1\nimport time\ntime.sleep(30)")
+    assert res.success, res
+    started = time.monotonic()
+    with pytest.raises(nbqueue.TaskException) as info:
+        shell.user_ns["_bg"].get(timeout=30)
+    assert info.value.exc_type.endswith("TaskTimeout")
+    assert time.monotonic() - started < 15  # not the 30 s the sleep would take
+
+
+def test_background_bad_kind_is_a_usage_error(shell):
+    res = shell.run_cell("%%background -k procss\nx = 1")
+    assert isinstance(res.error_in_exec, UsageError) and "-k procss" in str(res.error_in_exec)
+
+
+def test_background_sidecar_runs_the_cell_in_the_stores_sidecar(shell, tmp_path):
+    shell.run_cell(f"import nbqueue\nsq = nbqueue.Queue('cells', storage={str(tmp_path / 's')!r}, "
+                   "workers=0)\nseed = 5")
+    res = shell.run_cell("%%background --sidecar -q sq\nimport os\nfrom_sidecar = seed + 1\n"
+                         "os.getpid()")
+    assert res.success, res
+    try:
+        pid = shell.user_ns["_bg"].get(timeout=60)
+        status = shell.user_ns["sq"].sidecar_status()
+        assert status is not None and status["pid"] != os.getpid()
+        assert _wait_for_name(shell, "from_sidecar") == 6
+        assert pid != os.getpid()
+    finally:
+        shell.user_ns["sq"].stop_sidecar(now=True)

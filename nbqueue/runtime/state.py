@@ -14,6 +14,7 @@ import time
 import traceback
 
 from .. import serializer
+from ..cellrun import ShippedCell
 from ..exceptions import TaskCancelled, TaskException, TaskNotFound, TaskTraceback
 from ..records import TaskRecord
 from ..states import CANCELLED, FINISHED, PENDING, SUCCEEDED
@@ -66,7 +67,7 @@ class QueueState:
         call = self.calls.get(rec.id)
         if call is not None:
             return call
-        if self.store.serializes:
+        if self.store.serializes or isinstance(rec.payload, bytes):  # bytes: a process queue's
             return serializer.decode_call(rec.payload)
         return rec.payload
 
@@ -95,7 +96,8 @@ class QueueState:
         traceback text. Without the object the TaskTraceback is the cause itself.
         """
         if rec.status == SUCCEEDED:
-            return self.decode_value(rec.result)
+            value = self.decode_value(rec.result)
+            return value.value if type(value) is ShippedCell else value
         if rec.status == CANCELLED:
             raise TaskCancelled(f"task {rec.id} ({rec.name}) was cancelled" + (
                 f": {rec.message}" if rec.message and rec.message != "cancelled" else ""))
@@ -109,6 +111,25 @@ class QueueState:
             exc.__cause__ = remote  # a fresh unpickled copy (or a never-raised object)
         cause = exc if exc is not None else remote
         raise TaskException(err["type"], err["message"], text, exc, rec.id) from cause
+
+    def shipped_names(self, task_id):
+        """``{name: value}`` a succeeded ``%%background -k process`` cell assigned
+        (``cellrun.ShippedCell``); empty for anything else. A name whose value
+        cannot be unpickled here is left out."""
+        rec = self.store.get(task_id, load=("result",))
+        if rec is None or rec.status != SUCCEEDED:
+            return {}
+        value = self.decode_value(rec.result)
+        if type(value) is not ShippedCell:
+            return {}
+        names = {}
+        for name, blob in value.names.items():
+            try:
+                names[name] = serializer.loads(blob)
+            except Exception:
+                self.log(f"the value of {name!r} that task {task_id} sent back cannot be read",
+                         sys.exc_info())
+        return names
 
     def job_payload(self, task):
         call = (task.func, (), {}, task.options.retry_on)

@@ -13,27 +13,30 @@ one landed, the run ends cancelled (or failed with TaskTimeout) whatever the
 task does next. It wakes for those moments, else once a second.
 """
 
-import asyncio
-import inspect
 import sys
 import threading
 import time
 
-from ..exceptions import CancelExecution, RetryTask, TaskCancelled, TaskTimeout
-from ..states import CANCELLED, FAILED, FINISHED, PENDING, RETRYING, SUCCEEDED
-from . import capture, context, interrupt
+from ..states import FAILED, FINISHED, PENDING, SUCCEEDED
+from . import capture, context, execute, procworker
 
 MIN_POLL = 0.002
 MIN_BEAT = 0.005  # the heartbeat never spins, whatever a task's deadline says
-PLAIN = frozenset((int, float, str, bytes, bool, type(None), list, dict, tuple))  # never awaitable
 
 
 class WorkerPool:
     """``workers`` threads running the tasks of ``state`` (a ``QueueState``), plus
-    one heartbeat thread."""
+    one heartbeat thread. ``kind="process"``: each thread runs its tasks in a child
+    process of its own (``procworker``). ``max_tasks``: the threads exit once
+    that many tasks were run."""
 
-    def __init__(self, state, workers):
+    def __init__(self, state, workers, kind="thread", max_tasks=None, listener=None):
         self.state = state
+        self.kind = kind  # "thread", or "process": each thread runs its tasks in a child
+        # listener("start", rec) and listener("end", rec, status, fields): ``nbqueue worker``'s log
+        self.listener = listener
+        self._slots = None if max_tasks is None else threading.Semaphore(max_tasks)
+        self._children = {}  # thread index -> procworker.ChildProcess
         self.store = state.store
         self.lease = state.lease
         # Shared by every pool a re-run Queue cell creates, so the new pool's
@@ -44,7 +47,6 @@ class WorkerPool:
         self._stopping = threading.Event()
         self._wake = threading.Event()  # the heartbeat looks again now (a cancel was asked)
         self._heartbeat = None
-        self._local_loop = threading.local()
 
     @property
     def size(self):
@@ -86,37 +88,57 @@ class WorkerPool:
         poll = MIN_POLL
         rec = None
         looked_at = None  # the store's work sequence number before our last look found nothing
+        child = None
+        if self.kind == "process":
+            child = self._children[index] = procworker.ChildProcess(
+                f"nbqueue-{self.state.name}-process-{index}")
 
         def keep_going():
-            return not self._stopping.is_set() and index < self._target
+            return not self._stopping.is_set() and index < self._target and self._take_slot()
 
-        while rec is not None or keep_going():  # a task already claimed is run, never dropped
-            if rec is None:
-                if looked_at is not None:
-                    store.wait_for_work(looked_at, poll if store.shared else None)
-                    poll = min(poll * 2, store.max_poll)
+        try:
+            while rec is not None or keep_going():  # a task already claimed is run, never dropped
+                if rec is None:
+                    if looked_at is not None:
+                        store.wait_for_work(looked_at, poll if store.shared else None)
+                        poll = min(poll * 2, store.max_poll)
+                    looked_at = store.work_seq
+                    try:
+                        rec = store.claim(self.worker_id, self.lease)
+                    except Exception:  # a store hiccup (disk full, locked) must not kill the worker
+                        self.state.log("claim failed", sys.exc_info())
+                        time.sleep(poll)
+                        poll = min(poll * 2, store.max_poll)
+                        looked_at = None
+                    if rec is None:
+                        self._give_back_slot()
+                        continue
+                poll = MIN_POLL
                 looked_at = store.work_seq
                 try:
-                    rec = store.claim(self.worker_id, self.lease)
-                except Exception:  # a store hiccup (disk full, locked) must not kill the worker
-                    self.state.log("claim failed", sys.exc_info())
-                    time.sleep(poll)
-                    poll = min(poll * 2, store.max_poll)
-                    looked_at = None
-                    continue
-                if rec is None:
-                    continue
-            poll = MIN_POLL
-            looked_at = store.work_seq
-            try:
-                rec = self.run(rec, claim_next=keep_going)
-            except BaseException as exc:  # not a task error (those are caught in run): ours
-                self.state.log(f"worker error running task {rec.id}", sys.exc_info())
-                self._fail_unhandled(rec, exc)
-                rec = None
+                    rec = self.run(rec, claim_next=keep_going, child=child)
+                except BaseException as exc:  # not a task error (those are caught in run): ours
+                    self.state.log(f"worker error running task {rec.id}", sys.exc_info())
+                    self._fail_unhandled(rec, exc)
+                    rec = None
+        finally:
+            if child is not None:
+                self._children.pop(index, None)
+                child.close()
 
-    def run(self, rec, claim_next=None):
-        """Run one claimed task to its outcome and write that outcome to the store.
+    def _take_slot(self):
+        """With ``max_tasks``: reserve one of the tasks left to run; False once none is."""
+        if self._slots is None:
+            return True
+        return self._slots.acquire(blocking=False)
+
+    def _give_back_slot(self):
+        if self._slots is not None:
+            self._slots.release()
+
+    def run(self, rec, claim_next=None, child=None):
+        """Run one claimed task to its outcome (here, or in ``child``, a
+        ``procworker.ChildProcess``) and write that outcome to the store.
 
         If ``claim_next()`` is true when the task ends (asked then: the pool may be
         stopping or shrinking meanwhile), the same store transaction claims the next
@@ -125,6 +147,32 @@ class WorkerPool:
         ctx = context.TaskContext(rec, self.store, state.output_limit)
         ctx.waker = self._wake.set
         state.running[rec.id] = ctx
+        if self.listener is not None:
+            self.listener("start", rec)
+        try:
+            if child is None:
+                status, fields = self._run_here(rec, ctx)
+            else:
+                status, fields = self._run_in_child(rec, ctx, child)
+        finally:
+            ctx.end()
+            state.running.pop(rec.id, None)
+        fields.update(ctx.final_fields())
+        if self.listener is not None:
+            self.listener("end", rec, status, fields)
+        want_next = bool(claim_next and claim_next())
+        # Not finished: our lease ran out and the task was requeued; its new run owns it.
+        finished, nxt = self.store.finish_and_claim(
+            rec.id, self.worker_id, status, self.lease if want_next else None, **fields)
+        if want_next and nxt is None:
+            self._give_back_slot()
+        if finished and status in FINISHED:
+            state.task_finished(rec.id)
+        return nxt
+
+    def _run_here(self, rec, ctx):
+        """Run the call in this thread: ``(status, fields)``."""
+        state = self.state
         routed = capture.route_to(state.parents.get(rec.id), displays=state.displays, task_id=rec.id)
         capture.install_capture()
         context.enter(ctx)
@@ -134,39 +182,60 @@ class WorkerPool:
             func, args, kwargs, retry_on = state.resolve_call(rec)
             if rec.has_prev:
                 args = args + (state.decode_value(rec.prev),)
-            if ctx.cancelled:
-                raise TaskCancelled(f"task {rec.id} was cancelled before it started")
             hit, cached = state.memo_lookup(rec) if rec.cache_key else (False, None)
             if hit:  # memoized: an earlier call with the same code and arguments
                 fields["result"], fields["cached"] = cached, True
             else:
-                # Interruptible only in there; nothing is pending once it is over.
-                value = interrupt.call_user(ctx.interrupter, func, args, kwargs)
-                if type(value) not in PLAIN and inspect.isawaitable(value):
-                    value = self._run_async(ctx, value, rec.timeout)
-                if ctx.timed_out:  # it ignored the timeout and finished late anyway
-                    raise ctx.timeout_error(ctx.stop_detail())
-                if ctx.interrupter.landed:  # it caught the interrupt and went on
-                    raise TaskCancelled(f"task {rec.id} ({rec.name}) was cancelled")
+                value = execute.call(ctx, rec, func, args, kwargs)
                 fields["result"] = state.encode_value(value)
                 if rec.cache_key:
                     state.memo_store(rec, fields["result"])
-            status = SUCCEEDED
+            return SUCCEEDED, fields
         except BaseException as exc:  # noqa: B036 -- user code must never kill the worker
-            status = self._classify(ctx, rec, exc, retry_on, fields)
+            return execute.classify(ctx, rec, exc, retry_on, fields, state.describe), fields
         finally:
             context.leave()
             capture.unroute(routed)
-            ctx.end()
-            state.running.pop(rec.id, None)
-        fields.update(ctx.final_fields())
-        # Not finished: our lease ran out and the task was requeued; its new run owns it.
-        finished, nxt = self.store.finish_and_claim(
-            rec.id, self.worker_id, status, self.lease if claim_next and claim_next() else None,
-            **fields)
-        if finished and status in FINISHED:
-            state.task_finished(rec.id)
-        return nxt
+
+    def _run_in_child(self, rec, ctx, child):
+        """Run the call in the thread's child process: ``(status, fields)``."""
+        state = self.state
+        hit, cached = state.memo_lookup(rec) if rec.cache_key else (False, None)
+        if hit:
+            return SUCCEEDED, {"result": cached, "cached": True}
+        serializes = self.store.serializes
+        status, fields = procworker.run_in_child(
+            child, procworker.shippable(rec, serializes), ctx, self.store, state.output_limit)
+        if not serializes:
+            fields = procworker.to_objects(fields)
+        if status == SUCCEEDED and rec.cache_key:
+            state.memo_store(rec, fields["result"])
+        return status, fields
+
+    def hand_back(self, message):
+        """Give every task this pool runs back to pending (for a worker told to stop
+        now: SIGTERM) and terminate the process workers' children. A run that
+        ends afterwards is dropped (its claim is gone). Returns the ids handed back."""
+        self._stopping.set()
+        self._target = 0
+        handed = []
+        for task_id in list(self.state.running):
+            try:
+                if self.store.finish(task_id, self.worker_id, PENDING, message=message):
+                    handed.append(task_id)
+            except Exception:
+                self.state.log(f"could not hand back task {task_id}", sys.exc_info())
+        for child in list(self._children.values()):
+            child.terminate()
+        self.store.notify_work(len(handed))
+        return handed
+
+    def join(self, timeout=None):
+        """Wait for the worker threads to exit (after ``stop`` or ``max_tasks``)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        for t in list(self._threads):
+            t.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
+        return not any(t.is_alive() for t in self._threads)
 
     def _fail_unhandled(self, rec, exc):
         # Don't leave the task running under a lease we keep renewing forever.
@@ -176,75 +245,6 @@ class WorkerPool:
                 self.state.task_finished(rec.id)
         except Exception:
             self.state.log(f"could not record the failure of task {rec.id}", sys.exc_info())
-
-    def _classify(self, ctx, rec, exc, retry_on, fields):
-        """Decide the outcome of a run that raised ``exc``; fill ``fields``; return the status.
-
-        Once an interrupt landed in the run, its outcome is the interrupt's
-        (cancelled, or TaskTimeout), whatever the task raised after it."""
-        landed = ctx.interrupter.landed
-        detail = ctx.stop_detail()
-        if isinstance(exc, (CancelExecution, TaskCancelled)) or (
-                isinstance(exc, asyncio.CancelledError) and ctx.cancelled) or (
-                landed and ctx.cancelled):
-            user_said = isinstance(exc, CancelExecution) and str(exc)
-            fields["message"] = user_said or (
-                f"cancelled: {detail}" if detail else "cancelled while running")
-            return CANCELLED
-        if landed and not isinstance(exc, TaskTimeout) or isinstance(exc, interrupt.Interrupt):
-            # A TimeoutInterrupt, or what the task raised after one: a TaskTimeout
-            # saying how it was stopped, at the line it was stopped at.
-            timeout = ctx.timeout_error(detail)
-            timeout.__context__ = exc.__context__ if isinstance(exc, interrupt.Interrupt) else exc
-            exc = timeout.with_traceback(exc.__traceback__)
-        if isinstance(exc, RetryTask):  # does not use up a retry
-            delay = rec.retry_delay if exc.delay is None else exc.delay
-            fields["message"] = f"RetryTask: {exc}"
-            if delay <= 0:
-                return PENDING
-            fields["eta"] = time.time() + delay
-            return RETRYING
-        if isinstance(exc, TimeoutError) and ctx.timed_out and not isinstance(exc, TaskTimeout):
-            # asyncio.timeout() raises a plain TimeoutError: report it as ours
-            exc = ctx.timeout_error()
-        tb = exc.__traceback__
-        while tb is not None and tb.tb_frame.f_code in OUR_FRAMES:
-            tb = tb.tb_next
-        exc = exc.with_traceback(tb)  # the user's frames only
-        fields["error"] = self.state.describe(exc)
-        why = f" ({detail})" if detail and isinstance(exc, TaskTimeout) else ""
-        if rec.retries_used < rec.retries and isinstance(exc, retry_on):
-            fields["retries_used"] = rec.retries_used + 1
-            fields["eta"] = time.time() + rec.retry_delay * rec.retry_backoff ** rec.retries_used
-            fields["message"] = (f"retry {rec.retries_used + 1} of {rec.retries} "
-                                 f"after {type(exc).__name__}{why}")
-            return RETRYING
-        if why:
-            fields["message"] = f"timed out: {detail}"
-        return FAILED
-
-    def _run_async(self, ctx, awaitable, timeout):
-        """Run a coroutine on this thread's own event loop, with a real asyncio timeout
-        and cancel() reaching it through ``ctx.request_cancel``."""
-        loop = getattr(self._local_loop, "loop", None)
-        if loop is None or loop.is_closed():
-            loop = self._local_loop.loop = asyncio.new_event_loop()
-
-        async def guarded():
-            if timeout is None:
-                return await awaitable
-            left = max(0.0, ctx._deadline - time.monotonic())
-            async with asyncio.timeout(left):
-                return await awaitable
-
-        atask = loop.create_task(guarded())
-        ctx._loop, ctx._atask = loop, atask
-        if ctx.cancelled:
-            atask.cancel()
-        try:
-            return loop.run_until_complete(atask)
-        finally:
-            ctx._loop = ctx._atask = None
 
     # ---- heartbeat -----------------------------------------------------
     def _beat(self):
@@ -299,4 +299,4 @@ class WorkerPool:
         return last_renew
 
 
-OUR_FRAMES = (WorkerPool.run.__code__, interrupt.call_user.__code__)  # not shown in a task's traceback
+execute.HIDDEN.add(WorkerPool.run.__code__)

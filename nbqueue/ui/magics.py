@@ -16,28 +16,55 @@ from IPython.display import display
 
 from .. import registry
 from ..exceptions import NbqueueError, TaskNotFound
+from ..cellrun import cell_names, pack_inputs, run_shipped_cell
 from ..queue import Queue
 from ..states import UNFINISHED
 from ..task import TaskFunction, make_options
 
-_background = None
+_background = {}  # "thread" / "process" / "sidecar" -> the default queue of that kind
 _background_lock = threading.Lock()
 _cell_counter = iter(range(1, 1 << 62))
 
 
-def background_queue():
-    """The kernel's default in-memory queue for ``%%background`` (created once)."""
-    global _background
+def background_queue(kind="thread"):
+    """The kernel's default in-memory queue for ``%%background`` (created once):
+    ``kind="process"``, the one whose two workers run cells in processes."""
     with _background_lock:
-        if _background is None or (_background._closed and _background._successor is None):
+        q = _background.get(kind)
+        if q is None or (q._closed and q._successor is None):
             try:
                 previous = registry.latest_queue()
             except NbqueueError:
                 previous = None
-            _background = Queue("background", storage="memory")
+            if kind == "thread":
+                q = Queue("background", storage="memory")
+            else:
+                q = Queue("background-process", storage="memory", workers=2, worker_type="process")
+            _background[kind] = q
             if previous is not None:  # %nbqueue keeps meaning the user's own latest queue
                 registry.set_latest(previous)
-        return _background._live_queue()
+        return q._live_queue()
+
+
+def sidecar_queue(shell, name):
+    """The disk queue a ``--sidecar`` cell goes to (``-q VAR``, else the store
+    ``./.nbqueue/background``), with its sidecar started if none runs."""
+    if name is not None:
+        q = _queue_from(shell, name)
+    else:
+        with _background_lock:
+            q = _background.get("sidecar")
+            if q is None or (q._closed and q._successor is None):
+                q = _background["sidecar"] = Queue("background", workers=0)
+        q = q._live_queue()
+    if not q.store.shared:
+        raise UsageError(f"--sidecar: queue {q.name!r} is on a memory store, which a sidecar cannot "
+                         "reach; give -q a queue on a store directory")
+    try:
+        q.start_sidecar()
+    except (NbqueueError, OSError) as err:
+        raise UsageError(f"--sidecar: the sidecar could not start: {err}") from None
+    return q
 
 
 def run_cell(code, filename):
@@ -106,6 +133,11 @@ class NbqueueMagics(Magics):
               help="variable holding the Queue to use (default: an in-memory queue of this kernel)")
     @argument("--retries", type=int, default=0, help="retries on error")
     @argument("--timeout", type=float, default=None, help="seconds before TaskTimeout")
+    @argument("-k", "--kind", default="thread",
+              help="thread (default: in the kernel, on its namespace) or process (in a process "
+                   "of its own: the names it reads are sent there, those it assigns come back)")
+    @argument("--sidecar", action="store_true",
+              help="run it in the store's sidecar (started if none runs), like -k process")
     @argument("-o", "--output", default=None, help="variable to store the Result in (always also _bg)")
     @cell_magic
     def background(self, line, cell):
@@ -126,7 +158,9 @@ class NbqueueMagics(Magics):
             raise UsageError(f"-o {args.output}: give a variable name, like -o result")
         if not cell.strip():
             raise UsageError("%%background needs some code in the cell below it")
-        q = _queue_from(self.shell, args.queue) if args.queue else background_queue()
+        kind = _unquote(args.kind)
+        if kind not in ("thread", "process"):
+            raise UsageError(f"-k {kind}: use -k thread (the default) or -k process")
         code = self.shell.transform_cell(cell)
         try:
             ast.parse(code)
@@ -137,12 +171,43 @@ class NbqueueMagics(Magics):
             options = make_options(retries=args.retries, timeout=args.timeout)
         except (TypeError, ValueError) as err:
             raise UsageError(f"%%background: {err}") from None
-        task = TaskFunction(q, run_cell, args.name, options)
-        result = task(code, filename)
+        if kind == "thread" and not args.sidecar:
+            q = _queue_from(self.shell, args.queue) if args.queue else background_queue()
+            result = TaskFunction(q, run_cell, args.name, options)(code, filename)
+        else:
+            result = self._ship_cell(args, kind, code, filename, options)
         self.shell.user_ns["_bg"] = result
         if args.output:
             self.shell.user_ns[args.output] = result
         display(result)
+
+    def _ship_cell(self, args, kind, code, filename, options):
+        """Submit the cell to run in another process: what it reads goes by value,
+        what it assigns comes back into the namespace when it succeeds."""
+        reads, writes = cell_names(code)
+        try:
+            inputs = pack_inputs(self.shell.user_ns, reads, writes)
+        except TypeError as err:
+            raise UsageError(f"%%background -k process: {err}") from None
+        if args.sidecar:
+            q = sidecar_queue(self.shell, args.queue)
+        elif args.queue:
+            q = _queue_from(self.shell, args.queue)
+            if q._pool.kind != "process" and q.sidecar_status() is None:
+                raise UsageError(f"-k process -q {args.queue}: that queue runs tasks in threads; "
+                                 "give a Queue(..., worker_type='process'), use --sidecar, or "
+                                 "leave -q out (a process queue of this kernel)")
+        else:
+            q = background_queue("process")
+        result = TaskFunction(q, run_shipped_cell, args.name, options)(code, filename, inputs, writes)
+        user_ns = self.shell.user_ns
+
+        def bring_back(r):
+            names = r.queue.state.shipped_names(r.id)
+            user_ns.update(names)
+
+        result.add_done_callback(bring_back)
+        return result
 
     @magic_arguments()
     @argument("-q", "--queue", default=None,

@@ -1,0 +1,176 @@
+"""A process worker's child: the process that runs one task at a time for one
+worker thread of its parent (``procworker.ChildProcess``).
+
+It gets ``("run", record, output_limit)``, runs the stored call like a worker
+thread does (``execute``), and answers ``("started", retry_timeout, retry_lost)``
+once the call is loaded, ``("update", fields)`` for progress and output (at most
+every ``context.FLUSH_INTERVAL``), and ``("done", status, fields)`` at the end.
+``("cancel", task_id)`` makes the running task's next check raise TaskCancelled;
+the parent terminates the child if the task does not stop by itself. The child
+exits when its parent goes away (the pipe closes), so a killed sidecar leaves no
+orphan running a task.
+"""
+
+import os
+import pickle
+import queue
+import socket
+import struct
+import sys
+import threading
+
+from .. import serializer
+from ..exceptions import TaskTimeout, WorkerLost
+from ..states import SUCCEEDED
+from . import context, execute
+
+
+_SIZE = struct.Struct("!Q")
+
+
+class Channel:
+    """Messages (pickled) over a stream socket, each prefixed by its length: the
+    pipe between a worker thread and its child. ``send`` is atomic per message
+    (one lock); ``recv`` raises EOFError once the other end is gone."""
+
+    def __init__(self, sock):
+        self.sock = sock
+        self._send_lock = threading.Lock()
+
+    def fileno(self):
+        return self.sock.fileno()
+
+    def send(self, message):
+        data = pickle.dumps(message, pickle.HIGHEST_PROTOCOL)
+        with self._send_lock:
+            self.sock.sendall(_SIZE.pack(len(data)) + data)
+
+    def recv(self):
+        (size,) = _SIZE.unpack(self._exactly(_SIZE.size))
+        return pickle.loads(self._exactly(size))
+
+    def _exactly(self, n):
+        chunks = []
+        while n:
+            chunk = self.sock.recv(min(n, 1 << 20))
+            if not chunk:
+                raise EOFError("the other end of the channel closed")
+            chunks.append(chunk)
+            n -= len(chunk)
+        return b"".join(chunks)
+
+    def close(self):
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        self.sock.close()
+
+
+class _ParentLink:
+    """What a child's TaskContext writes to in place of the store: progress and
+    output go to the parent, which writes them to the store."""
+
+    def __init__(self, conn):
+        self._conn = conn
+        self.cancel = False
+
+    def send(self, message):
+        self._conn.send(message)
+
+    def update(self, task_id, **fields):
+        self.send(("update", fields))
+        return self.cancel
+
+
+class _Output:
+    """sys.stdout/sys.stderr of the child: text goes to the running task's output
+    (and so to its widget in the kernel), else to the child's own stream."""
+
+    def __init__(self, fallback):
+        self._fallback = fallback
+        self.ctx = None
+
+    def write(self, text):
+        ctx = self.ctx
+        if ctx is None:
+            return self._fallback.write(text)
+        ctx.write(text)
+        return len(text)
+
+    def flush(self):
+        if self.ctx is None:
+            self._fallback.flush()
+
+    def isatty(self):
+        return False
+
+
+def main(conn):
+    """The child's loop, on its Channel to the parent."""
+    link = _ParentLink(conn)
+    inbox = queue.SimpleQueue()
+    running = {}  # task id -> TaskContext
+
+    def read():
+        while True:
+            try:
+                message = conn.recv()
+            except (EOFError, OSError):
+                os._exit(0)  # the parent is gone: never outlive it
+            if message[0] == "cancel":
+                link.cancel = True
+                ctx = running.get(message[1])
+                if ctx is not None:
+                    ctx.request_cancel()
+            else:
+                inbox.put(message)
+
+    threading.Thread(target=read, daemon=True, name="nbqueue-child-reader").start()
+    out, err = _Output(sys.__stdout__), _Output(sys.__stderr__)
+    sys.stdout, sys.stderr = out, err
+    while True:
+        message = inbox.get()
+        if message[0] != "run":
+            return
+        _, rec, output_limit = message
+        link.cancel = rec.cancel_requested
+        ctx = context.TaskContext(rec, link, output_limit)
+        running[rec.id] = ctx
+        out.ctx = err.ctx = ctx
+        try:
+            status, fields = run(rec, ctx, link)
+        finally:
+            out.ctx = err.ctx = None
+            running.pop(rec.id, None)
+            ctx.end()
+        fields.update(ctx.final_fields())
+        link.send(("done", status, fields))
+
+
+def run(rec, ctx, link):
+    """Run the record's call in this process; ``(status, fields)`` with the result
+    and error pickled."""
+    fields = {}
+    retry_on = ()  # a call that cannot even be loaded is not retried
+    context.enter(ctx)
+    try:
+        func, args, kwargs, retry_on = serializer.decode_call(rec.payload)
+        link.send(("started", issubclass(TaskTimeout, retry_on), issubclass(WorkerLost, retry_on)))
+        if rec.has_prev:
+            args = args + (serializer.loads(rec.prev),)
+        fields["result"] = serializer.encode_value(execute.call(ctx, rec, func, args, kwargs))
+        return SUCCEEDED, fields
+    except BaseException as exc:  # noqa: B036 -- user code must never end the child
+        describe = lambda e: serializer.describe_exception(e, True)  # noqa: E731
+        return execute.classify(ctx, rec, exc, retry_on, fields, describe), fields
+    finally:
+        context.leave()
+
+
+execute.HIDDEN.add(run.__code__)
+
+
+def serve(fd):
+    """The child process's entry point: ``fd`` is its end of the parent's socket pair."""
+    main(Channel(socket.socket(fileno=fd)))

@@ -1,0 +1,219 @@
+"""Process workers: each worker thread of a ``worker_type="process"`` pool runs
+its tasks in a child process of its own (``nbqueue.runtime.child.serve``).
+Never a ``fork`` (a kernel has threads and sockets a fork would copy
+half-made), nor multiprocessing's ``spawn`` (it runs the parent's main script
+again in the child, and a script without a ``__main__`` guard would start
+its queue again there).
+
+The thread keeps what a thread worker does (the claim, its lease, the record)
+and the child only runs the call, so: a ``timeout=`` is hard (the child is
+terminated ``STOP_GRACE`` after the deadline if the task did not stop by
+itself); a cancel terminates it within ``STOP_GRACE`` too; a child that dies
+(segfault, ``os._exit``, out of memory) fails that attempt with WorkerLost, and
+the thread starts a new child for its next task. The kernel's GIL is never
+held by the task, so the notebook stays responsive.
+"""
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from multiprocessing.connection import wait as wait_for
+
+from .. import serializer
+from ..exceptions import WorkerLost
+from ..states import CANCELLED
+from . import child as child_module
+from .execute import fail_or_retry
+
+STOP_GRACE = 0.3  # a cancelled or timed-out task gets this long to stop by itself
+LOOK = 0.1        # how often the thread looks for a cancel while its child runs
+
+
+class ChildProcess:
+    """One child process, started on first use and again after it died or was
+    terminated. Used by one worker thread only."""
+
+    def __init__(self, name):
+        self.name = name
+        self.process = None
+        self.conn = None
+        self.started = 0  # how many children were started (replacements included)
+
+    @property
+    def pid(self):
+        return None if self.process is None else self.process.pid
+
+    def alive(self):
+        return self.process is not None and self.process.poll() is None
+
+    def ensure(self):
+        """A live child; starts one if needed. Raises OSError if it cannot."""
+        if self.alive():
+            return
+        self.discard()
+        ours, theirs = socket.socketpair()
+        # It imports what this process can: our sys.path, not only the default one.
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+            p for p in sys.path if p and os.path.isdir(p)))
+        try:
+            process = subprocess.Popen(
+                [sys.executable, "-c", f"from nbqueue.runtime.child import serve; "
+                 f"serve({theirs.fileno()})"],
+                pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL, env=env)
+        except BaseException:
+            ours.close()
+            raise
+        finally:
+            theirs.close()
+        self.process, self.conn = process, child_module.Channel(ours)
+        self.started += 1
+
+    def wait(self, timeout):
+        """The child's exit code once it ended within ``timeout``, else None."""
+        try:
+            return self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            return None
+
+    def terminate(self):
+        """Stop the child now: SIGTERM, then SIGKILL if it lingers."""
+        if self.alive():
+            self.process.terminate()
+            if self.wait(0.5) is None:
+                self.process.kill()
+                self.wait(2)
+        self.discard()
+
+    def discard(self):
+        if self.conn is not None:
+            self.conn.close()
+        if self.process is not None:
+            self.process.poll()  # reap it if it ended
+        self.process = self.conn = None
+
+    def close(self):
+        """Ask an idle child to exit; terminate it if it does not."""
+        if self.process is None:
+            return
+        try:
+            self.conn.send(("exit",))
+            self.wait(1)
+        except (OSError, ValueError):
+            pass
+        self.terminate()
+
+
+def shippable(rec, serializes):
+    """The copy of ``rec`` a child gets: its call and the previous step's value as
+    bytes. On a memory store they are objects (a process queue on memory pickles
+    calls at submit, so this only pickles the pipeline value)."""
+    rec = rec.copy()
+    if not serializes:
+        if not isinstance(rec.payload, bytes):
+            rec.payload = serializer.encode_call(rec.name, *rec.payload)
+        if rec.has_prev:
+            rec.prev = serializer.dumps(rec.prev)
+    return rec
+
+
+def run_in_child(child, rec, ctx, store, output_limit):
+    """Run the claimed ``rec`` in ``child``; return ``(status, fields)`` with the
+    result and error as bytes. Progress and output the child reports are written
+    to ``store`` as they come; a cancel asked meanwhile (``ctx.cancelled``) is
+    passed on, and the child terminated if the task did not stop within
+    ``STOP_GRACE``. Raises OSError if no child can be started."""
+    child.ensure()
+    conn, process = child.conn, child.process
+    try:
+        conn.send(("run", rec, output_limit))
+    except (OSError, ValueError):
+        return _lost(child, rec, {}, None)
+    retry = {"timeout": True, "lost": True}  # until the child says what retry_on allows
+    stop_at, why = None, None
+    while True:
+        now = time.monotonic()
+        if why is None:
+            if ctx.cancelled:
+                why, stop_at = "cancel", now + STOP_GRACE
+                try:
+                    conn.send(("cancel", rec.id))
+                except (OSError, ValueError):
+                    pass
+            elif ctx._deadline is not None and now >= ctx._deadline:
+                why, stop_at = "timeout", now + STOP_GRACE
+        wait = LOOK
+        if stop_at is not None:
+            wait = min(wait, stop_at - now)
+        elif ctx._deadline is not None:
+            wait = min(wait, ctx._deadline - now)
+        ready = wait_for([conn], max(0.0, wait))
+        if ready:
+            try:
+                message = conn.recv()
+            except (EOFError, OSError):
+                return _lost(child, rec, retry, why)
+            kind = message[0]
+            if kind == "done":
+                return message[1], message[2]
+            if kind == "update":
+                if store.update(rec.id, **message[1]):
+                    ctx.request_cancel()
+            elif kind == "started":
+                retry["timeout"], retry["lost"] = message[1], message[2]
+            continue
+        if process.poll() is not None:  # it ended without a word (its socket closes too)
+            return _lost(child, rec, retry, why)
+        if stop_at is not None and time.monotonic() >= stop_at:
+            child.terminate()
+            return _stopped(rec, ctx, why, retry)
+
+
+def _stopped(rec, ctx, why, retry):
+    fields = {}
+    if why == "cancel":
+        fields["message"] = (f"cancelled: its worker process was terminated "
+                             f"{STOP_GRACE:g} s after the cancel")
+        return CANCELLED, fields
+    exc = ctx.timeout_error(f"its worker process was terminated {STOP_GRACE:g} s after the timeout")
+    status = fail_or_retry(rec, exc, retry["timeout"], fields, _describe, " (terminated)",
+                           "timed out: its worker process was terminated")
+    return status, fields
+
+
+def _lost(child, rec, retry, why):
+    """The child died while running ``rec``: WorkerLost (retried if retries remain),
+    or cancelled if it was being cancelled anyway."""
+    code = child.wait(1) if child.process is not None else None
+    child.discard()
+    if why == "cancel":
+        return CANCELLED, {"message": "cancelled: its worker process ended"}
+    how = f"exit code {code}" if code is None or code >= 0 else _signal_name(-code)
+    exc = WorkerLost(f"the worker process running task {rec.id} ({rec.name}) died ({how}); "
+                     "a crash in a C extension, os._exit() or the out-of-memory killer")
+    fields = {}
+    return fail_or_retry(rec, exc, retry.get("lost", True), fields, _describe), fields
+
+
+def _signal_name(number):
+    try:
+        return f"killed by {signal.Signals(number).name}"
+    except ValueError:
+        return f"killed by signal {number}"
+
+
+def _describe(exc):
+    return serializer.describe_exception(exc, True)
+
+
+def to_objects(fields):
+    """Fields from a child (result and error pickled) as a memory store keeps them."""
+    if "result" in fields:
+        fields["result"] = serializer.loads(fields["result"])
+    error = fields.get("error")
+    if error is not None:
+        error["exc"] = serializer.exception_from(error, True)
+    return fields
+

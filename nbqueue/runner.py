@@ -31,21 +31,38 @@ def worker_info(q, pool, sidecar, started_at):
             "sidecar": bool(sidecar), "started_at": started_at}
 
 
-def live_workers(store, now=None):
-    """``{worker id: info}`` of the registered workers that still live: on this
-    host, their process runs; elsewhere, they beat within ``STALE``. Forgets
-    the registrations of workers known to be dead."""
-    now = time.time() if now is None else now
+def is_live(worker, info, now=None):
+    """Whether a registered worker still lives: on this host, its process runs;
+    elsewhere, it beat within ``STALE``."""
+    verdict = holder_alive(worker)
+    if verdict is None:
+        now = time.time() if now is None else now
+        beat = info.get("beat_at")
+        verdict = isinstance(beat, (int, float)) and now - beat < STALE
+    return verdict
+
+
+def live_workers(store, now=None, forget_dead=True):
+    """``{worker id: info}`` of the registered workers that still live; with
+    ``forget_dead``, the registrations of the others are removed."""
     alive = {}
     for worker, info in store.registered_workers().items():
-        verdict = holder_alive(worker)
-        if verdict is None:
-            verdict = now - info.get("beat_at", 0) < STALE
-        if verdict:
+        if is_live(worker, info, now):
             alive[worker] = info
-        else:
+        elif forget_dead:
             store.remove_worker(worker)
     return alive
+
+
+def describe_worker(info, now=None):
+    """One line about a registered worker, for dashboards."""
+    now = time.time() if now is None else now
+    beat = info.get("beat_at")
+    ago = f"{max(0.0, now - beat):.0f} s ago" if isinstance(beat, (int, float)) else "never"
+    what = "sidecar" if info.get("sidecar") else "worker"
+    return (f"{what} pid {info.get('pid', '?')} on {info.get('host', '?')}: "
+            f"{info.get('workers', '?')} {info.get('kind', '?')} workers, "
+            f"{info.get('busy', 0)} busy, last heartbeat {ago}")
 
 
 def _describe_end(rec, status, fields, took):

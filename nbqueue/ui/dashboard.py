@@ -3,6 +3,7 @@
 import html
 import time
 
+from ..runner import describe_worker, live_workers
 from ..states import FINISHED, STATES
 from .look import View, badge, next_run_text, progress_text, shown_status
 from .updater import updater
@@ -55,10 +56,11 @@ class DashboardView(View):
         self.table = self._make(w.GridBox, layout=self._grid,
                                 children=[x for slot in self._slots for x in slot])
         self.jobs = self._make(w.HTML)
+        self.workers = self._make(w.HTML)
         self.top = self._make(w.HBox, children=[self.heading, self.filter])
         self.nav = self._make(w.HBox, children=[self.newer, self.where, self.older])
-        self.box = self._make(w.VBox, "card", children=[self.top, self.header, self.table, self.nav,
-                                                        self.jobs])
+        self.box = self._make(w.VBox, "card", children=[self.top, self.workers, self.header,
+                                                        self.table, self.nav, self.jobs])
         self.box.add_class("nbqueue-dashboard")
         self.refresh(force=True)
         updater().add(self)
@@ -105,6 +107,9 @@ class DashboardView(View):
             row, button = self._slots[i]
             button.disabled = True
             button.layout = row.layout = self._shared["hidden"]
+        self.workers.value = "<br>".join(
+            f"<span style='color:#555'>{html.escape(describe_worker(info))}</span>"
+            for info in live_workers(store, forget_dead=False).values())
         jobs = store.jobs()
         self.jobs.value = "" if not jobs else "<b>periodic jobs</b><br>" + "<br>".join(
             f"{html.escape(j.name)} <code>{html.escape(j.schedule)}</code> · "

@@ -34,6 +34,7 @@ from ..states import (
     STATES,
     SUCCEEDED,
 )
+from ..runner import describe_worker, live_workers
 from .dashboard import DashboardView
 from .look import (
     BAR_KINDS,
@@ -389,6 +390,8 @@ class Dashboard:
         counts = store.counts()
         lines = [f"queue {self.queue.name!r}: {sum(counts.values())} tasks"
                  + "".join(f", {counts[s]} {s}" for s in STATES if counts[s])]
+        lines += [f"  {describe_worker(info)}"
+                  for info in live_workers(store, forget_dead=False).values()]
         for rec in store.page(None, None, limit, offset):
             lines.append(f"  {rec.id[:8]}  {rec.status:<10} {progress_text(rec):>9}  "
                          f"attempts={rec.attempts}  {rec.name}")

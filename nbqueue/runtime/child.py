@@ -135,7 +135,7 @@ def main(conn):
             return
         _, rec, output_limit = message
         link.cancel = rec.cancel_requested
-        ctx = context.TaskContext(rec, link, output_limit)
+        ctx = context.TaskContext(rec, link, output_limit, notes=False)
         running[rec.id] = ctx
         out.ctx = err.ctx = ctx
         try:

@@ -29,8 +29,9 @@ class TaskContext:
 
     Made by the worker in the thread that runs the task."""
 
-    def __init__(self, rec, store, output_limit):
+    def __init__(self, rec, store, output_limit, notes=True):
         self.id = rec.id
+        self._notes = notes    # False in a process worker's child: its parent writes the notes
         self.name = rec.name
         self.attempt = rec.attempts
         self._store = store
@@ -207,10 +208,22 @@ class TaskContext:
         is being stopped (and ``note``), the progress message starts with a note
         saying so."""
         message = self._message
-        if note and self._note:
+        if note and self._notes and self._note:
             message = f"{self._note} · {message}" if message else self._note
         return {"progress_done": self._done, "progress_total": self._total,
                 "progress_message": message, "output": self.output()}
+
+    def mirror(self, fields):
+        """Take progress and output a process worker's child reported (its own
+        TaskContext's ``fields``) as this run's, to be flushed from here."""
+        if "progress_done" in fields:
+            self._done, self._total = fields["progress_done"], fields.get("progress_total")
+        if "progress_message" in fields:
+            self._message = fields["progress_message"]
+        if "output" in fields:
+            text = fields["output"] or ""
+            self._chunks, self._size = [text], len(text)
+        self._dirty = True
 
     def final_fields(self):
         """``fields()`` without the stopping note if anything changed since the last

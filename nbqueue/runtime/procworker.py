@@ -24,6 +24,7 @@ from multiprocessing.connection import wait as wait_for
 
 from .. import serializer
 from ..exceptions import WorkerLost
+from ..records import PROGRESS_FIELDS
 from ..states import CANCELLED
 from . import child as child_module
 from .execute import fail_or_retry
@@ -119,10 +120,11 @@ def shippable(rec, serializes):
     return rec
 
 
-def run_in_child(child, rec, ctx, store, output_limit):
+def run_in_child(child, rec, ctx, output_limit):
     """Run the claimed ``rec`` in ``child``; return ``(status, fields)`` with the
-    result and error as bytes. Progress and output the child reports are written
-    to ``store`` as they come; a cancel asked meanwhile (``ctx.cancelled``) is
+    result and error as bytes. Progress and output the child reports become
+    ``ctx``'s (written to the store by its flushes, and with the run's end);
+    a cancel asked meanwhile (``ctx.cancelled``) is
     passed on, and the child terminated if the task did not stop within
     ``STOP_GRACE``. Raises OSError if no child can be started."""
     child.ensure()
@@ -157,10 +159,12 @@ def run_in_child(child, rec, ctx, store, output_limit):
                 return _lost(child, rec, retry, why)
             kind = message[0]
             if kind == "done":
-                return message[1], message[2]
+                status, fields = message[1], message[2]
+                ctx.mirror({k: fields.pop(k) for k in PROGRESS_FIELDS if k in fields})
+                return status, fields
             if kind == "update":
-                if store.update(rec.id, **message[1]):
-                    ctx.request_cancel()
+                ctx.mirror(message[1])
+                ctx.flush()  # learns of a cancel asked elsewhere, too
             elif kind == "started":
                 retry["timeout"], retry["lost"] = message[1], message[2]
             continue

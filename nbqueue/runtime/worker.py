@@ -47,6 +47,7 @@ class WorkerPool:
         self._stopping = threading.Event()
         self._wake = threading.Event()  # the heartbeat looks again now (a cancel was asked)
         self._heartbeat = None
+        self._look_now = False  # a cancel was asked elsewhere: read the flags at once
 
     @property
     def size(self):
@@ -54,6 +55,7 @@ class WorkerPool:
 
     def start(self):
         if self._heartbeat is None:
+            self.store.on_cancel(self._cancel_asked)
             self._heartbeat = threading.Thread(target=self._beat, daemon=True,
                                                name=f"nbqueue-{self.state.name}-heartbeat")
             self._heartbeat.start()
@@ -71,8 +73,14 @@ class WorkerPool:
         if len(self._threads) > workers:
             self.store.notify_work(len(self._threads))
 
+    def _cancel_asked(self):
+        """Another process asked to cancel a running task: look at the flags now."""
+        self._look_now = True
+        self._wake.set()
+
     def stop(self, wait=True):
         """Ask every thread to exit once its current task is done; join them if ``wait``."""
+        self.store.on_cancel(self._cancel_asked, add=False)
         self._target = 0
         self._stopping.set()
         self._wake.set()
@@ -205,7 +213,7 @@ class WorkerPool:
             return SUCCEEDED, {"result": cached, "cached": True}
         serializes = self.store.serializes
         status, fields = procworker.run_in_child(
-            child, procworker.shippable(rec, serializes), ctx, self.store, state.output_limit)
+            child, procworker.shippable(rec, serializes), ctx, state.output_limit)
         if not serializes:
             fields = procworker.to_objects(fields)
         if status == SUCCEEDED and rec.cache_key:
@@ -267,12 +275,21 @@ class WorkerPool:
                     due = ctx.watch(now)
                     if due is not None and (soonest is None or due < soonest):
                         soonest = due
+                if self._look_now:
+                    self._look_now = False
+                    self._read_cancel_flags(running)
                 if now >= next_upkeep:
                     next_upkeep = now + period
                     last_renew = self._upkeep(running, now, last_renew)
             except Exception:
                 self.state.log("heartbeat error", sys.exc_info())
             wake_at = next_upkeep if soonest is None else min(next_upkeep, soonest)
+
+    def _read_cancel_flags(self, running):
+        for tid, ctx in running.items():
+            rec = self.store.get(tid)
+            if rec is not None and rec.cancel_requested and not ctx.cancelled:
+                ctx.request_cancel()
 
     def _upkeep(self, running, now, last_renew):
         """Renew leases (learning of cancels asked elsewhere), write quiet tasks'
@@ -286,11 +303,8 @@ class WorkerPool:
                     running[tid].request_cancel()
         elif running and self.store.shared:
             # A cancel asked in another process, learnt within a second (a read, not
-            # a write), not only at the next renewal (lease / 3) or the task's next print.
-            for tid, ctx in running.items():
-                rec = self.store.get(tid)
-                if rec is not None and rec.cancel_requested and not ctx.cancelled:
-                    ctx.request_cancel()
+            # a write) even if its wake-up (``_cancel_asked``) was lost.
+            self._read_cancel_flags(running)
         for ctx in running.values():
             ctx.flush()
         self.store.requeue_expired(max_recoveries=self.state.max_recoveries,

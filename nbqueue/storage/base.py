@@ -82,6 +82,7 @@ class Signals:
         self._done_counter = itertools.count(1)
         self.done_seq = 0
         self.eta_seq = 0
+        self._cancel_listeners = []
 
     def notify_work(self, n=1):
         # No lock unless a worker sleeps: a submitter must not queue behind workers for
@@ -101,6 +102,18 @@ class Signals:
         if self._waited and (task_id is None or task_id in self._waited):
             with self._signal_lock:
                 self._task_done.notify_all()
+
+    def on_cancel(self, fn, add=True):
+        """Call ``fn()`` when another process asks to cancel a running task (a hint:
+        look at the flags now); ``add=False`` removes it."""
+        if add:
+            self._cancel_listeners.append(fn)
+        elif fn in self._cancel_listeners:
+            self._cancel_listeners.remove(fn)
+
+    def notify_cancel(self):
+        for fn in list(self._cancel_listeners):
+            fn()
 
     def notify_eta(self):
         with self._signal_lock:

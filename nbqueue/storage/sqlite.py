@@ -98,7 +98,8 @@ class SqliteStorage(SqliteJobs, SqliteDatabase, Storage):
         self._wakeups = Wakeups(self.directory, {
             b"w": lambda: Signals.notify_work(self, WAKE_ALL),
             b"d": lambda: Signals.notify_done(self),
-            b"e": lambda: Signals.notify_eta(self)})
+            b"e": lambda: Signals.notify_eta(self),
+            b"c": self.notify_cancel})
 
     # ---- wake-ups: in this process, and a datagram to the others (``wakeups``) ------
     def notify_work(self, n=1):
@@ -356,6 +357,8 @@ class SqliteStorage(SqliteJobs, SqliteDatabase, Storage):
             self._notify_ended([rec])
             if had_eta:
                 self.notify_eta()
+        else:  # running, maybe in another process: its worker learns of it now
+            self._wakeups.send(b"c")
         return True
 
     def get(self, task_id, load=()):

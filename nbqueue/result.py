@@ -142,8 +142,12 @@ class Result:
 
     # ---- waiting -----------------------------------------------------
     def wait(self, timeout=None):
-        """Block until the task has finished; returns False if ``timeout`` passed first."""
-        return self.queue.store.wait_done(self.id, timeout)
+        """Block until the task has finished; returns False if ``timeout`` passed first.
+        Done callbacks of a task another process finished have run when it returns."""
+        done = self.queue.store.wait_done(self.id, timeout)
+        if done:
+            self.queue.state.finished_elsewhere(self.id)
+        return done
 
     def get(self, timeout=None, block=True):
         """The task's return value, waiting for it.

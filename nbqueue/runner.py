@@ -103,6 +103,7 @@ def run_worker(q, workers=4, kind="thread", max_tasks=None, sidecar=False):
     pool = WorkerPool(state, workers, kind=kind, max_tasks=max_tasks, listener=_Events())
     scheduler = Scheduler(state)
     stop = {"graceful": threading.Event(), "now": threading.Event()}
+    look = threading.Event()  # a signal came: the main loop looks at once
 
     def on_signal(number, frame):
         if number == signal.SIGINT and not stop["graceful"].is_set():
@@ -110,6 +111,7 @@ def run_worker(q, workers=4, kind="thread", max_tasks=None, sidecar=False):
             stop["graceful"].set()
         else:
             stop["now"].set()
+        look.set()
 
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
@@ -120,18 +122,24 @@ def run_worker(q, workers=4, kind="thread", max_tasks=None, sidecar=False):
     store.beat_worker(worker, worker_info(q, pool, sidecar, started_at))
     scheduler.start()
     pool.start()
-    code = 0
     try:
+        next_beat = 0.0
         while True:
-            if stop["now"].wait(BEAT):
+            # Waiting for the running tasks to end: look often, so the exit is prompt.
+            look.wait(0.05 if stop["graceful"].is_set() or max_tasks is not None else BEAT)
+            look.clear()
+            if stop["now"].is_set():
                 break
-            try:
-                seen = store.beat_worker(worker, worker_info(q, pool, sidecar, started_at))
-            except Exception:
-                log.exception("could not register in the store")
-                seen = {}
-            if seen.get("stop"):
-                (stop["now"] if seen.get("now") else stop["graceful"]).set()
+            if time.monotonic() >= next_beat:
+                next_beat = time.monotonic() + BEAT
+                try:
+                    seen = store.beat_worker(worker, worker_info(q, pool, sidecar, started_at))
+                except Exception:
+                    log.exception("could not register in the store")
+                    seen = {}
+                if seen.get("stop"):
+                    (stop["now"] if seen.get("now") else stop["graceful"]).set()
+                    continue
             if stop["graceful"].is_set() and pool.size:
                 pool.stop(wait=False)
             if (stop["graceful"].is_set() or max_tasks is not None) and pool.join(0):
@@ -142,7 +150,6 @@ def run_worker(q, workers=4, kind="thread", max_tasks=None, sidecar=False):
             if handed:
                 log.info("handed %d running task%s back: %s", len(handed),
                          "" if len(handed) == 1 else "s", ", ".join(handed))
-            code = 0
         scheduler.stop(wait=not stop["now"].is_set())
         try:
             store.remove_worker(worker)
@@ -151,7 +158,7 @@ def run_worker(q, workers=4, kind="thread", max_tasks=None, sidecar=False):
         log.info("worker %s stopped", worker)
         logging.shutdown()
     if stop["now"].is_set():
-        os._exit(code)  # threads may be inside tasks that never return
+        os._exit(0)  # threads may be inside tasks that never return
     pool.stop(wait=True)
     store.close()
-    return code
+    return 0

@@ -14,6 +14,7 @@ orphan running a task.
 import os
 import pickle
 import queue
+import signal
 import socket
 import struct
 import sys
@@ -172,5 +173,9 @@ execute.HIDDEN.add(run.__code__)
 
 
 def serve(fd):
-    """The child process's entry point: ``fd`` is its end of the parent's socket pair."""
+    """The child process's entry point: ``fd`` is its end of the parent's socket pair.
+
+    Ctrl-C in a terminal reaches the whole process group: the parent decides
+    (finish the running task, or terminate it), never the task's own code."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     main(Channel(socket.socket(fileno=fd)))

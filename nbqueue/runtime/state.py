@@ -200,6 +200,13 @@ class QueueState:
         for fn, result in fns:
             self._call(fn, result)
 
+    def finished_elsewhere(self, task_id):
+        """A reader saw the task finished: run its done callbacks now if they still
+        wait (another process ran it; housekeeping would only see it within
+        ``HOUSEKEEPING_EVERY``). Cheap when none wait."""
+        if task_id in self.callbacks:
+            self.task_finished(task_id)
+
     def _call(self, fn, result):
         try:
             fn(result)

@@ -7,32 +7,46 @@ import os
 import sys
 
 from . import registry
+from .exceptions import NbqueueError
 from .queue import Queue
+from .validation import check_count, check_seconds
 
 
-def load_queue(target):
+def load_queue(target, **settings):
     """The Queue a ``nbqueue worker`` argument names: a store directory, or
-    ``module:variable`` (imported without starting its workers). Raises
+    ``module:variable`` (imported without starting its workers). ``settings``
+    (lease, max_recoveries) are the queue's for a store directory. Raises
     NbqueueError / ValueError saying what is wrong."""
     if ":" in target and not os.path.isdir(target):
         module_name, _, attr = target.partition(":")
         sys.path.insert(0, os.getcwd())
-        registry.autostart = False
+        saved, registry.autostart = registry.autostart, False
         try:
             module = importlib.import_module(module_name)
+        except ImportError as err:
+            raise NbqueueError(f"{target}: cannot import {module_name!r} ({err}); run the "
+                               f"command where it can be imported (searched {os.getcwd()!r} "
+                               "and the installed packages)") from None
         finally:
-            registry.autostart = True
+            registry.autostart = saved
         q = getattr(module, attr, None)
         if not isinstance(q, Queue):
             raise ValueError(f"{target}: {module_name}.{attr} is "
                              f"{'missing' if q is None else type(q).__name__}, not an nbqueue Queue")
         return q
-    return _queue(target)
+    return _queue(target, **settings)
 
 
-def _queue(store):
+def _settings_of(q):
+    state = q.state
+    return {"lease": state.lease, "max_recoveries": state.max_recoveries,
+            "output_limit": state.output_limit, "keep": state.keep,
+            "max_finished": state.max_finished}
+
+
+def _queue(store, **settings):
     from .storage.sqlite import queue_name_of
-    return Queue(queue_name_of(store), storage=store, workers=0, start=False)
+    return Queue(queue_name_of(store), storage=store, workers=0, start=False, **settings)
 
 
 def cmd_demo(args):
@@ -47,11 +61,20 @@ def cmd_worker(args):
     from .runner import run_worker
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    if args.workers < 1:
-        raise ValueError(f"-w {args.workers}: give at least 1 worker")
-    if args.max_tasks is not None and args.max_tasks < 1:
-        raise ValueError(f"--max-tasks {args.max_tasks}: give at least 1, or leave it out")
-    q = load_queue(args.store)
+    check_count(args.workers, "-w", minimum=1, hint="(workers)")
+    if args.max_tasks is not None:
+        check_count(args.max_tasks, "--max-tasks", minimum=1, hint="(or leave it out)")
+    # This process runs tasks only through run_worker: a module a task imports must not
+    # start the workers of a Queue it defines.
+    registry.autostart = False
+    settings = {}
+    if args.lease is not None:
+        settings["lease"] = check_seconds(args.lease, "--lease", minimum=0.1, maximum=86400.0)
+    if args.max_recoveries is not None:
+        settings["max_recoveries"] = check_count(args.max_recoveries, "--max-recoveries")
+    q = load_queue(args.store, **settings)
+    if settings and ":" in args.store and not os.path.isdir(args.store):
+        q.state.configure(**{**_settings_of(q), **settings})
     if not q.store.shared:
         raise ValueError(f"{args.store}: queue {q.name!r} is on a memory store, which no other "
                          "process can reach; give it a store directory")
@@ -105,6 +128,11 @@ def build_parser():
                         "tasks in a child process (hard timeouts, cancel of any task)")
     p.add_argument("--max-tasks", type=int, default=None,
                    help="exit after running this many tasks")
+    p.add_argument("--lease", type=float, default=None,
+                   help="seconds a claim is held without renewal before a dead worker's task "
+                        "runs again (default: the queue's, 10)")
+    p.add_argument("--max-recoveries", type=int, default=None,
+                   help="times a task whose worker died is run again (default: the queue's, 1)")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     p.add_argument("--sidecar", action="store_true", help=argparse.SUPPRESS)
     p.set_defaults(func=cmd_worker)
@@ -123,7 +151,6 @@ def build_parser():
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
-    from .exceptions import NbqueueError
     try:
         return args.func(args)
     except (NbqueueError, ValueError) as exc:

@@ -55,7 +55,8 @@ def start(q, workers=4, worker_type="process", wait=30.0):
     try:
         proc = subprocess.Popen(
             [sys.executable, "-m", "nbqueue", "worker", directory, "-w", str(int(workers)),
-             "-k", worker_type, "--sidecar"],
+             "-k", worker_type, "--lease", repr(q.lease),
+             "--max-recoveries", str(q.max_recoveries), "--sidecar"],
             stdin=subprocess.DEVNULL, stdout=fd, stderr=fd, cwd=os.getcwd(),
             start_new_session=True)  # not in the kernel's process group: a restart spares it
     finally:

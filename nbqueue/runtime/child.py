@@ -19,8 +19,9 @@ import socket
 import struct
 import sys
 import threading
+import time
 
-from .. import serializer
+from .. import registry, serializer
 from ..exceptions import TaskTimeout, WorkerLost
 from ..states import SUCCEEDED
 from . import context, execute
@@ -127,7 +128,20 @@ def main(conn):
             else:
                 inbox.put(message)
 
+    def flush():
+        # What a task printed or reported reaches its record even if it then goes
+        # quiet (a flush otherwise happens only when it writes again): the child's
+        # heartbeat, as the worker's heartbeat flushes thread tasks.
+        while True:
+            time.sleep(context.FLUSH_INTERVAL)
+            for ctx in list(running.values()):
+                try:
+                    ctx.flush()
+                except Exception:  # the pipe closed: the reader ends the process
+                    pass
+
     threading.Thread(target=read, daemon=True, name="nbqueue-child-reader").start()
+    threading.Thread(target=flush, daemon=True, name="nbqueue-child-flusher").start()
     out, err = _Output(sys.__stdout__), _Output(sys.__stderr__)
     sys.stdout, sys.stderr = out, err
     while True:
@@ -178,4 +192,5 @@ def serve(fd):
     Ctrl-C in a terminal reaches the whole process group: the parent decides
     (finish the running task, or terminate it), never the task's own code."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    registry.autostart = False  # a module a task imports must not start its Queue's workers here
     main(Channel(socket.socket(fileno=fd)))

@@ -15,7 +15,8 @@ _HOST = socket.gethostname().replace(":", "_")
 
 
 def _start_time(pid):
-    """The process's start time in clock ticks since boot, or None if unknown."""
+    """The process's start time in clock ticks since boot, or None if unknown or
+    if it has ended (a zombie its parent has not reaped yet is dead too)."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
             stat = f.read()
@@ -23,6 +24,8 @@ def _start_time(pid):
         return None
     # the command name (field 2) may hold spaces and parentheses: split after the last ')'
     fields = stat[stat.rindex(b")") + 2:].split()
+    if fields and fields[0] in (b"Z", b"X"):
+        return None
     try:
         return fields[19].decode()
     except (IndexError, ValueError):

@@ -1,11 +1,16 @@
 """nbqueue benchmark: one command, every runner, the same no-op task, 4 workers.
 
-    python benchmarks/run.py [--quick] [--scale] [--json PATH]
+    python benchmarks/run.py [--quick] [--scale | --sidecar] [--json PATH]
 
 ``--scale`` runs only the scale benchmark (``benchmarks/scale.py``: each operation
 on a store of 25,000 records against one of 100, and the open time of a
 100,000-record SQLite store); the default run and ``--quick`` run it too, after
 the rest (``--quick`` with fewer repetitions but the same store sizes).
+``--sidecar`` runs only the process-worker and sidecar benchmark
+(``benchmarks/sidecar.py``: the kernel's responsiveness while CPU-bound tasks
+run in thread and in process workers; a sidecar's round trip, and its
+throughput with 4 process workers against SqliteHuey's); the default run and
+``--quick`` run it too, after the periodic lateness.
 
 Runners, measured one after another in this process:
 
@@ -58,6 +63,9 @@ ThreadPoolExecutor's and round-trip p50 < 0.3 ms; disk throughput >= 3x
 SqliteHuey's and round-trip p50 < 3 ms; delayed and periodic lateness p99 <
 10 ms; an idle queue burns no CPU (taken here as < 1% of one core over the idle
 window); a watched progress loop no more than 2x slower than an unwatched one.
+Process workers and sidecar: one CPU-bound task in a process worker slows the
+kernel's loop by at most 1.1x; sidecar round trip p50 < 5 ms; sidecar
+throughput (4 process workers) >= SqliteHuey's.
 Scale (the issue): on both stores each of submit, schedule, cancel, claim+finish,
 ``q.tasks(limit=50)`` and a dashboard refresh within 2x of its cost on a store of
 100 records; a store of 100,000 records opens in under a second.
@@ -81,6 +89,7 @@ import nbqueue
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import scale  # noqa: E402 -- benchmarks/scale.py, beside this file
+import sidecar  # noqa: E402 -- benchmarks/sidecar.py, beside this file
 
 WORKERS = 4
 
@@ -315,13 +324,19 @@ def fmt(x, digits=2):
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true",
-                    help="fewer tasks and repetitions (the same scale sizes): about 30 s")
+                    help="fewer tasks and repetitions (the same scale sizes): about 45 s")
     ap.add_argument("--scale", action="store_true",
                     help="only the scale benchmark (benchmarks/scale.py)")
+    ap.add_argument("--sidecar", action="store_true",
+                    help="only the process-worker and sidecar benchmark (benchmarks/sidecar.py)")
     ap.add_argument("--json", metavar="PATH", help="also write the results as JSON to PATH")
     args = ap.parse_args(argv)
+    if args.scale and args.sidecar:
+        ap.error("--scale and --sidecar each run one part only: give one of them")
     if args.scale:
         return scale_only(args)
+    if args.sidecar:
+        return sidecar_only(args)
     cfg = argparse.Namespace(tasks=500, round_trips=100, rt_budget=1.0, delayed=50, idle=1.0,
                              periodic=5.0, progress=200_000) \
         if args.quick else argparse.Namespace(tasks=5000, round_trips=500, rt_budget=5.0,
@@ -348,6 +363,7 @@ def main(argv=None):
         plain, watched, bar_changes = progress_overhead(cfg.progress)
         print(f"periodic lateness ({cfg.periodic:g} s)...", file=sys.stderr, flush=True)
         periodic = periodic_lateness(tmp, cfg.periodic, with_huey=not args.quick)
+        side = sidecar.run(tmp, sys.modules[__name__], quick=args.quick)
         scaled = scale.run(tmp, quick=args.quick)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -377,6 +393,7 @@ def main(argv=None):
         *((f"scale: {store} worst large/small ratio (issue's operations)", w, "< 2x", w < 2)
           for store, w in worst.items()),
         ("scale: open a 100,000-record SQLite store (ms)", open_ms, "< 1000", open_ms < 1000),
+        *sidecar.checks(side),
     ]
 
     print(f"\nnbqueue benchmark{' (--quick)' if args.quick else ''}: no-op tasks, {WORKERS} workers; "
@@ -403,6 +420,7 @@ def main(argv=None):
             print(f"| {label} | 0 | - | - | - |")
     print(f"\nprogress(): {cfg.progress:,} calls in {plain:.2f} s unwatched, {watched:.2f} s with the "
           f"live widget ({watched / plain:.2f}x); the bar's value was set {bar_changes} times.")
+    sidecar.report(side)
     scale.report(scaled)
     print("\n| check | value | target | result |")
     print("|---|--:|---|---|")
@@ -425,7 +443,7 @@ def main(argv=None):
                                     "bar_changes": bar_changes},
                        "checks": [{"check": n, "value": v, "target": t, "pass": ok}
                                   for n, v, t, ok in checks],
-                       "scale": scaled}, f, indent=2)
+                       "sidecar": side, "scale": scaled}, f, indent=2)
     return 0
 
 
@@ -438,6 +456,32 @@ def scale_only(args):
         with open(args.json, "w") as f:
             json.dump({"quick": args.quick, "python": platform.python_version(),
                        "cpus": os.cpu_count(), "scale": result}, f, indent=2)
+    return 0
+
+
+def sidecar_only(args):
+    started = time.perf_counter()
+    tmp = tempfile.mkdtemp(prefix="nbqueue-bench-")
+    try:
+        result = sidecar.run(tmp, sys.modules[__name__], quick=args.quick)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    print(f"\nnbqueue process-worker and sidecar benchmark{' (--quick)' if args.quick else ''}; "
+          f"Python {platform.python_version()}, huey {huey.__version__}, {os.cpu_count()} CPUs, "
+          f"{platform.system()} {platform.machine()}")
+    sidecar.report(result)
+    checks = sidecar.checks(result)
+    print("\n| check | value | target | result |")
+    print("|---|--:|---|---|")
+    for name, value, target, ok in checks:
+        print(f"| {name} | {fmt(value, 3)} | {target} | {'PASS' if ok else 'FAIL'} |")
+    print(f"\nTotal time {time.perf_counter() - started:.1f} s.")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"quick": args.quick, "python": platform.python_version(),
+                       "huey": huey.__version__, "cpus": os.cpu_count(), "sidecar": result,
+                       "checks": [{"check": n, "value": v, "target": t, "pass": ok}
+                                  for n, v, t, ok in checks]}, f, indent=2)
     return 0
 
 

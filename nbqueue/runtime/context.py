@@ -42,6 +42,7 @@ class TaskContext:
         self._timeout = rec.timeout
         self.interrupter = interrupt.Interrupter(threading.get_ident())
         self.waker = None      # wakes the heartbeat that watches this run (set by the pool)
+        self.on_cancel = None  # called at a cancel (a process worker tells its child at once)
         self._note = None      # "cancelling…": shown in the progress message while stopping
         self._note_shown = False
         self._done = rec.progress_done
@@ -118,6 +119,9 @@ class TaskContext:
             loop.call_soon_threadsafe(atask.cancel)
         if first:
             self._cancel_at = time.monotonic()
+            hook = self.on_cancel
+            if hook is not None:
+                hook()
             waker = self.waker
             if waker is not None:
                 waker()  # the grace starts now, not at the heartbeat's next pass

@@ -124,9 +124,9 @@ def run_in_child(child, rec, ctx, output_limit):
     """Run the claimed ``rec`` in ``child``; return ``(status, fields)`` with the
     result and error as bytes. Progress and output the child reports become
     ``ctx``'s (written to the store by its flushes, and with the run's end);
-    a cancel asked meanwhile (``ctx.cancelled``) is
-    passed on, and the child terminated if the task did not stop within
-    ``STOP_GRACE``. Raises OSError if no child can be started."""
+    a cancel asked meanwhile (``ctx.request_cancel``) is passed on at once, and
+    the child terminated if the task did not stop within ``STOP_GRACE``. Raises
+    OSError if no child can be started."""
     child.ensure()
     conn, process = child.conn, child.process
     try:
@@ -135,15 +135,19 @@ def run_in_child(child, rec, ctx, output_limit):
         return _lost(child, rec, {}, None)
     retry = {"timeout": True, "lost": True}  # until the child says what retry_on allows
     stop_at, why = None, None
+
+    def cancel_now():  # in the thread that asked: the child's next check raises at once
+        try:
+            conn.send(("cancel", rec.id))
+        except (OSError, ValueError):
+            pass
+
+    ctx.on_cancel = cancel_now  # (a cancel asked before the run: the record says so)
     while True:
         now = time.monotonic()
         if why is None:
-            if ctx.cancelled:
-                why, stop_at = "cancel", now + STOP_GRACE
-                try:
-                    conn.send(("cancel", rec.id))
-                except (OSError, ValueError):
-                    pass
+            if ctx.cancelled:  # the grace counts from the cancel, not from this look
+                why, stop_at = "cancel", (ctx._cancel_at or now) + STOP_GRACE
             elif ctx._deadline is not None and now >= ctx._deadline:
                 why, stop_at = "timeout", now + STOP_GRACE
         wait = LOOK

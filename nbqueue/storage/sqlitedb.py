@@ -22,6 +22,7 @@ from .checkpointer import BACKSTOP_PAGES, Checkpointer
 from .storedir import (
     DB,
     VALUES,
+    WriteLock,
     check_files,
     check_private,
     damaged,
@@ -156,6 +157,7 @@ class SqliteDatabase:
         self._forked = []   # a parent's connections: never closed (or freed) in the child
         self._checkpointer = Checkpointer(self._path, BUSY_TIMEOUT)
         self._joins = collections.deque()   # adds waiting for a transaction to carry them
+        self._write_lock = WriteLock(self.directory)
         new = survey(self.directory)
         check_files(self.directory)
         if new and queue_name is not None:
@@ -271,8 +273,9 @@ class SqliteDatabase:
         with self._guard():
             con = self._connection()
             t = Txn(con)
-            con.execute("BEGIN IMMEDIATE")
+            self._write_lock.acquire()
             try:
+                con.execute("BEGIN IMMEDIATE")
                 yield t
                 carried = self._carry(t)
                 con.execute("COMMIT")
@@ -284,6 +287,8 @@ class SqliteDatabase:
                 unlink(t.undo)
                 self._joins.extendleft(reversed(t.joined))  # not written: their owners retry
                 raise
+            finally:
+                self._write_lock.release()
         unlink(t.after)
         for join in carried:
             join.done.set()
@@ -358,6 +363,7 @@ class SqliteDatabase:
             if self._con is not None:
                 self._con.close()
             self._con = None
+            self._write_lock.close()
 
     # ---- rows (inside a transaction) --------------------------------------------------
     def _take_seq(self, con, n=1):

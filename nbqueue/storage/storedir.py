@@ -10,6 +10,11 @@ import os
 import shlex
 import stat
 
+try:
+    import fcntl
+except ImportError:  # not POSIX: SQLite's own locking alone
+    fcntl = None
+
 from ..exceptions import NbqueueError
 
 DB = "nbqueue.db"
@@ -117,3 +122,37 @@ def unlink(paths):
             os.unlink(path)
 
 
+
+
+class WriteLock:
+    """An exclusive ``flock`` on ``write.lock`` in the store directory, held around
+    each write transaction. Writers from several processes (a notebook submitting
+    while a sidecar finishes tasks) then queue in the kernel and get the database
+    as soon as it is free, instead of sleeping in SQLite's busy handler (1, 2, 5,
+    10... ms between tries: a submit stalled 20-200 ms behind a busy sidecar).
+    A dead holder's lock is released by the kernel. Opened once per process (a
+    forked child opens its own: a shared descriptor would share the lock).
+    Without ``fcntl`` it does nothing."""
+
+    def __init__(self, directory):
+        self.path = os.path.join(directory, "write.lock")
+        self._fd = None
+        self._pid = None
+
+    def acquire(self):
+        if fcntl is None:
+            return
+        if self._pid != os.getpid():
+            self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0),
+                               0o600)
+            self._pid = os.getpid()
+        fcntl.flock(self._fd, fcntl.LOCK_EX)
+
+    def release(self):
+        if fcntl is not None and self._fd is not None:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+
+    def close(self):
+        if self._fd is not None and self._pid == os.getpid():
+            os.close(self._fd)
+        self._fd = self._pid = None

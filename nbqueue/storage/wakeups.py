@@ -154,10 +154,11 @@ class Wakeups:
                     pass
                 self._listener.close()
             if mine and own is not None:
-                try:
-                    os.unlink(own)
-                except OSError:
-                    pass
+                for remove, path in ((os.unlink, own), (os.rmdir, self.directory)):
+                    try:
+                        remove(path)  # the directory only if no other process listens
+                    except OSError:
+                        pass
             if mine and self._sender is not None:
                 self._sender.close()
             self._own = self._listener = self._sender = None

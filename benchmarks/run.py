@@ -9,8 +9,9 @@ the rest (``--quick`` with fewer repetitions but the same store sizes).
 ``--sidecar`` runs only the process-worker and sidecar benchmark
 (``benchmarks/sidecar.py``: the kernel's responsiveness while CPU-bound tasks
 run in thread and in process workers; a sidecar's round trip, and its
-throughput with 4 process workers against SqliteHuey's); the default run and
-``--quick`` run it too, after the periodic lateness.
+throughput with 4 process workers against SqliteHuey's; and the crash test of
+``benchmarks/crash.py``: a sidecar SIGKILLed three times mid-run); the default
+run and ``--quick`` run it too, after the periodic lateness.
 
 Runners, measured one after another in this process:
 
@@ -89,6 +90,7 @@ import nbqueue
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import scale  # noqa: E402 -- benchmarks/scale.py, beside this file
+import crash  # noqa: E402 -- benchmarks/crash.py, beside this file
 import sidecar  # noqa: E402 -- benchmarks/sidecar.py, beside this file
 
 WORKERS = 4
@@ -364,6 +366,8 @@ def main(argv=None):
         print(f"periodic lateness ({cfg.periodic:g} s)...", file=sys.stderr, flush=True)
         periodic = periodic_lateness(tmp, cfg.periodic, with_huey=not args.quick)
         side = sidecar.run(tmp, sys.modules[__name__], quick=args.quick)
+        print("crash test...", file=sys.stderr, flush=True)
+        crashed = crash.run(tmp, quick=args.quick)
         scaled = scale.run(tmp, quick=args.quick)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -394,6 +398,7 @@ def main(argv=None):
           for store, w in worst.items()),
         ("scale: open a 100,000-record SQLite store (ms)", open_ms, "< 1000", open_ms < 1000),
         *sidecar.checks(side),
+        *crash.checks(crashed),
     ]
 
     print(f"\nnbqueue benchmark{' (--quick)' if args.quick else ''}: no-op tasks, {WORKERS} workers; "
@@ -421,6 +426,7 @@ def main(argv=None):
     print(f"\nprogress(): {cfg.progress:,} calls in {plain:.2f} s unwatched, {watched:.2f} s with the "
           f"live widget ({watched / plain:.2f}x); the bar's value was set {bar_changes} times.")
     sidecar.report(side)
+    crash.report(crashed)
     scale.report(scaled)
     print("\n| check | value | target | result |")
     print("|---|--:|---|---|")
@@ -443,7 +449,7 @@ def main(argv=None):
                                     "bar_changes": bar_changes},
                        "checks": [{"check": n, "value": v, "target": t, "pass": ok}
                                   for n, v, t, ok in checks],
-                       "sidecar": side, "scale": scaled}, f, indent=2)
+                       "sidecar": side, "crash": crashed, "scale": scaled}, f, indent=2)
     return 0
 
 
@@ -464,13 +470,15 @@ def sidecar_only(args):
     tmp = tempfile.mkdtemp(prefix="nbqueue-bench-")
     try:
         result = sidecar.run(tmp, sys.modules[__name__], quick=args.quick)
+        crashed = crash.run(tmp, quick=args.quick)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     print(f"\nnbqueue process-worker and sidecar benchmark{' (--quick)' if args.quick else ''}; "
           f"Python {platform.python_version()}, huey {huey.__version__}, {os.cpu_count()} CPUs, "
           f"{platform.system()} {platform.machine()}")
     sidecar.report(result)
-    checks = sidecar.checks(result)
+    crash.report(crashed)
+    checks = sidecar.checks(result) + crash.checks(crashed)
     print("\n| check | value | target | result |")
     print("|---|--:|---|---|")
     for name, value, target, ok in checks:
@@ -480,6 +488,7 @@ def sidecar_only(args):
         with open(args.json, "w") as f:
             json.dump({"quick": args.quick, "python": platform.python_version(),
                        "huey": huey.__version__, "cpus": os.cpu_count(), "sidecar": result,
+                       "crash": crashed,
                        "checks": [{"check": n, "value": v, "target": t, "pass": ok}
                                   for n, v, t, ok in checks]}, f, indent=2)
     return 0

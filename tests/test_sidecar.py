@@ -798,39 +798,51 @@ LEDGER_MODULE = """
             os.write(fd, ("%s %d\\n" % (key, os.getppid())).encode())
         finally:
             os.close(fd)
-        return len(blob or b"")
+        return key if blob is None else len(blob)
 """
 
 PRODUCER = """
-    import sys, nbqueue, ledger_tasks
-    store, name, ledger, prefix, count = sys.argv[1:6]
+    import os, sys, time, nbqueue, ledger_tasks
+    store, name, ledger, prefix, count, mine, theirs = sys.argv[1:8]
     q = nbqueue.Queue(name, storage=store, workers=0)
     task = q.task(ledger_tasks.append_line)
     ids = [task(ledger, "%s-%d" % (prefix, i)).id for i in range(int(count))]
+    with open(mine + ".tmp", "w") as f:
+        f.write(" ".join(ids))
+    os.rename(mine + ".tmp", mine)
+    while not os.path.exists(theirs):
+        time.sleep(0.05)
+    # every result, its own and the other kernel's, read from this one
+    other = open(theirs).read().split()
+    values = [q.result(i).get(timeout=120) for i in ids + other]
+    assert values[:len(ids)] == ["%s-%d" % (prefix, i) for i in range(int(count))], values[:3]
+    assert len(set(values)) == len(ids) + len(other)
     q.shutdown()
     print(" ".join(ids))
 """
 
 
-def test_two_producers_and_two_process_consumers_run_every_task_exactly_once(queues, procs, tmp_path):
+def test_two_kernels_and_two_sidecars_run_2000_tasks_exactly_once(queues, procs, tmp_path):
     q = queues("disk", workers=0)
     store = q.store.directory
     mods = _write_module(tmp_path / "mods", "ledger_tasks", LEDGER_MODULE)
     ledger = tmp_path / "ledger"
     consumers = [procs.worker(store, "-k", "process", "-w", "2", paths=[mods]) for _ in range(2)]
     assert wait_until(lambda: all(_registered(q, c.pid) for c in consumers), timeout=30)
-    producers = [procs.python(PRODUCER, store, q.name, ledger, f"p{n}", 500, paths=[mods],
+    # two kernels (producers), 1,000 tasks each; each reads all 2,000 results at the end
+    producers = [procs.python(PRODUCER, store, q.name, ledger, f"p{n}", 1000,
+                              tmp_path / f"ids{n}", tmp_path / f"ids{1 - n}", paths=[mods],
                               stdout=True) for n in range(2)]
     ids = []
     for p in producers:
-        out, _ = p.communicate(timeout=90)
+        out, _ = p.communicate(timeout=120)
         assert p.returncode == 0, procs.log(p)
         ids += out.split()
-    assert len(ids) == len(set(ids)) == 1000
-    assert wait_until(lambda: q.counts()["succeeded"] == 1000, timeout=90), q.counts()
+    assert len(ids) == len(set(ids)) == 2000
+    assert q.counts()["succeeded"] == 2000, q.counts()
     lines = _lines(ledger)
     runs = collections.Counter(line.split()[0] for line in lines)
-    assert set(runs) == {f"p{n}-{i}" for n in range(2) for i in range(500)}
+    assert set(runs) == {f"p{n}-{i}" for n in range(2) for i in range(1000)}
     assert [key for key, n in runs.items() if n != 1] == []  # each ran exactly once
     assert {line.split()[1] for line in lines} == {str(c.pid) for c in consumers}  # both worked
     assert {rec.attempts for rec in q.store.page(limit=None)} == {1}

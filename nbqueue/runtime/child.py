@@ -11,6 +11,7 @@ exits when its parent goes away (the pipe closes), so a killed sidecar leaves no
 orphan running a task.
 """
 
+import ctypes
 import os
 import pickle
 import queue
@@ -28,6 +29,7 @@ from . import context, execute
 
 
 _SIZE = struct.Struct("!Q")
+PR_SET_PDEATHSIG = 1  # prctl(2)
 
 
 class Channel:
@@ -186,11 +188,26 @@ def run(rec, ctx, link):
 execute.HIDDEN.add(run.__code__)
 
 
-def serve(fd):
-    """The child process's entry point: ``fd`` is its end of the parent's socket pair.
+def _die_with(parent):
+    """On Linux, have the kernel SIGKILL us the moment our parent dies (a SIGKILLed
+    sidecar), so a task never goes on to finish after its worker was lost; the
+    closed pipe ends us elsewhere (a little later)."""
+    if sys.platform.startswith("linux"):
+        try:
+            ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+        except (OSError, AttributeError):
+            pass
+    if os.getppid() != parent:  # it died before we asked
+        os._exit(0)
+
+
+def serve(fd, parent):
+    """The child process's entry point: ``fd`` is its end of the parent's socket
+    pair, ``parent`` the parent's pid.
 
     Ctrl-C in a terminal reaches the whole process group: the parent decides
     (finish the running task, or terminate it), never the task's own code."""
+    _die_with(parent)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     registry.autostart = False  # a module a task imports must not start its Queue's workers here
     main(Channel(socket.socket(fileno=fd)))

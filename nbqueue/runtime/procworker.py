@@ -62,7 +62,7 @@ class ChildProcess:
         try:
             process = subprocess.Popen(
                 [sys.executable, "-c", f"from nbqueue.runtime.child import serve; "
-                 f"serve({theirs.fileno()})"],
+                 f"serve({theirs.fileno()}, {os.getpid()})"],
                 pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL, env=env)
         except BaseException:
             ours.close()

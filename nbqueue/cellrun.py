@@ -57,25 +57,38 @@ def run_shipped_cell(code, filename, inputs, writes):
     ns = {"__name__": "__main__", "__builtins__": builtins}
     for name, blob in inputs.items():
         ns[name] = serializer.loads(blob)
+    body, last = compile_cell(code, filename)
+    return run_compiled(body, last, ns, lambda value: ShippedCell(value, _send_back(ns, writes)))
+
+
+def compile_cell(code, filename):
+    """``(body, last)``: a cell's statements and its last expression (None if it
+    ends with a statement), compiled with top-level ``await`` allowed; the source
+    is registered in ``linecache`` so tracebacks show its lines. Raises SyntaxError."""
     linecache.cache[filename] = (len(code), None, code.splitlines(True), filename)
     flags = ast.PyCF_ALLOW_TOP_LEVEL_AWAIT
     tree = ast.parse(code, filename)
     last = None
     if tree.body and isinstance(tree.body[-1], ast.Expr):
         last = compile(ast.Expression(tree.body.pop().value), filename, "eval", flags=flags)
-    body = compile(tree, filename, "exec", flags=flags)
+    return compile(tree, filename, "exec", flags=flags), last
+
+
+def run_compiled(body, last, ns, then=None):
+    """Run a compiled cell in ``ns``; return ``then(value of its last expression)``
+    (the value itself without ``then``). A cell with top-level ``await`` returns a
+    coroutine instead, which the worker runs on its event loop."""
+    then = then or (lambda value: value)
     if inspect.CO_COROUTINE & (body.co_flags | (last.co_flags if last else 0)):
         async def run_async():
             done = eval(body, ns)
             if inspect.isawaitable(done):
                 await done
             value = eval(last, ns) if last else None
-            value = (await value) if inspect.isawaitable(value) else value
-            return ShippedCell(value, _send_back(ns, writes))
+            return then((await value) if inspect.isawaitable(value) else value)
         return run_async()
     exec(body, ns)
-    value = eval(last, ns) if last else None
-    return ShippedCell(value, _send_back(ns, writes))
+    return then(eval(last, ns) if last else None)
 
 
 def _send_back(ns, writes):

@@ -139,6 +139,11 @@ class Queue:
     def workers(self):
         return self._pool.size
 
+    @property
+    def worker_type(self):
+        """"thread" or "process": where this queue's own workers run tasks."""
+        return self._pool.kind
+
     @workers.setter
     def workers(self, n):
         check_count(n, "workers")

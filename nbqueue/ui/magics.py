@@ -5,8 +5,6 @@ line, no traceback); the magics never take the kernel down.
 """
 
 import ast
-import inspect
-import linecache
 import threading
 
 from IPython.core.error import UsageError
@@ -16,7 +14,7 @@ from IPython.display import display
 
 from .. import registry
 from ..exceptions import NbqueueError, TaskNotFound
-from ..cellrun import cell_names, pack_inputs, run_shipped_cell
+from ..cellrun import cell_names, compile_cell, pack_inputs, run_compiled, run_shipped_cell
 from ..queue import Queue
 from ..states import UNFINISHED
 from ..task import TaskFunction, make_options
@@ -78,24 +76,7 @@ def run_cell(code, filename):
     if shell is None:
         raise RuntimeError("a %%background cell runs in the kernel's namespace; run it on an "
                            "in-kernel queue, not in a sidecar or another process")
-    ns = shell.user_ns
-    linecache.cache[filename] = (len(code), None, code.splitlines(True), filename)
-    flags = ast.PyCF_ALLOW_TOP_LEVEL_AWAIT
-    tree = ast.parse(code, filename)
-    last = None
-    if tree.body and isinstance(tree.body[-1], ast.Expr):
-        last = compile(ast.Expression(tree.body.pop().value), filename, "eval", flags=flags)
-    body = compile(tree, filename, "exec", flags=flags)
-    if inspect.CO_COROUTINE & (body.co_flags | (last.co_flags if last else 0)):
-        async def run_async():  # top-level await: the worker runs this on its event loop
-            done = eval(body, ns)
-            if inspect.isawaitable(done):
-                await done
-            value = eval(last, ns) if last else None
-            return (await value) if inspect.isawaitable(value) else value
-        return run_async()
-    exec(body, ns)
-    return eval(last, ns) if last else None
+    return run_compiled(*compile_cell(code, filename), shell.user_ns)
 
 
 def _unquote(value):
@@ -193,7 +174,7 @@ class NbqueueMagics(Magics):
             q = sidecar_queue(self.shell, args.queue)
         elif args.queue:
             q = _queue_from(self.shell, args.queue)
-            if q._pool.kind != "process" and q.sidecar_status() is None:
+            if q.worker_type != "process" and q.sidecar_status() is None:
                 raise UsageError(f"-k process -q {args.queue}: that queue runs tasks in threads; "
                                  "give a Queue(..., worker_type='process'), use --sidecar, or "
                                  "leave -q out (a process queue of this kernel)")

@@ -17,8 +17,10 @@ from . import serializer
 
 
 class ShippedCell:
-    """What a shipped cell returns: the value of its last expression, and the
-    names it assigned (``{name: pickled value}``). ``Result.get`` gives ``value``."""
+    """What a shipped cell returns: the value of its last expression and the
+    names it assigned, each pickled on its own (``value``: bytes; ``names``:
+    ``{name: bytes}``), so the one that cannot be is named. ``Result.get``
+    gives ``load_value()``."""
 
     __slots__ = ("value", "names")
 
@@ -27,6 +29,9 @@ class ShippedCell:
 
     def __reduce__(self):
         return (ShippedCell, (self.value, self.names))
+
+    def load_value(self):
+        return serializer.loads(self.value)
 
 
 def cell_names(code):
@@ -58,7 +63,18 @@ def run_shipped_cell(code, filename, inputs, writes):
     for name, blob in inputs.items():
         ns[name] = serializer.loads(blob)
     body, last = compile_cell(code, filename)
-    return run_compiled(body, last, ns, lambda value: ShippedCell(value, _send_back(ns, writes)))
+    return run_compiled(body, last, ns, lambda value: ShippedCell(_pickle_value(value),
+                                                                  _send_back(ns, writes)))
+
+
+def _pickle_value(value):
+    try:
+        return serializer.dumps(value)
+    except Exception as err:
+        raise TypeError(
+            f"the cell's last expression is a {type(value).__name__}, which cannot be pickled "
+            f"back to the notebook ({type(err).__name__}: {err}); end the cell with a statement "
+            "(or `None`) or with plain data") from err
 
 
 def compile_cell(code, filename):
@@ -116,12 +132,12 @@ def pack_inputs(ns, reads, writes):
             continue
         value = ns[name]
         try:
-            serializer.refuse(value, f"the notebook variable {name!r} that the cell reads")
-        except TypeError as err:
+            serializer.refuse(value, f"the notebook variable {name!r} that the cell reads",
+                              hint="; or run the cell without -k process")
+        except TypeError:
             if name in writes:
                 continue
-            raise TypeError(str(err).replace(serializer.MEMORY_HINT, "") +
-                            "; or run the cell without -k process") from None
+            raise
         try:
             inputs[name] = serializer.dumps(value)
         except Exception as err:

@@ -9,7 +9,9 @@ import sys
 from . import registry
 from .exceptions import NbqueueError
 from .queue import Queue
-from .validation import check_count, check_seconds
+from .validation import WORKER_TYPES, check_count, check_seconds
+
+DEFAULT_WORKERS = 4
 
 
 def load_queue(target, **settings):
@@ -61,7 +63,8 @@ def cmd_worker(args):
     from .runner import run_worker
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    check_count(args.workers, "-w", minimum=1, hint="(workers)")
+    if args.workers is not None:
+        check_count(args.workers, "-w", minimum=1, hint="(workers)")
     if args.max_tasks is not None:
         check_count(args.max_tasks, "--max-tasks", minimum=1, hint="(or leave it out)")
     # This process runs tasks only through run_worker: a module a task imports must not
@@ -78,7 +81,10 @@ def cmd_worker(args):
     if not q.store.shared:
         raise ValueError(f"{args.store}: queue {q.name!r} is on a memory store, which no other "
                          "process can reach; give it a store directory")
-    return run_worker(q, args.workers, args.kind, args.max_tasks, args.sidecar)
+    # module:queue: its own workers and worker_type unless -w/-k say otherwise
+    workers = args.workers or (q.workers if q.workers else None) or DEFAULT_WORKERS
+    kind = args.kind or q.worker_type
+    return run_worker(q, workers, kind, args.max_tasks, args.sidecar)
 
 
 def cmd_status(args):
@@ -122,10 +128,12 @@ def build_parser():
     p = sub.add_parser("worker", help="run a queue's tasks and periodic jobs")
     p.add_argument("store", help="a queue's store directory (like .nbqueue/default), or "
                                  "module:variable naming a Queue in an importable module")
-    p.add_argument("-w", "--workers", type=int, default=4, help="workers (default 4)")
-    p.add_argument("-k", "--kind", choices=("thread", "process"), default="thread",
+    p.add_argument("-w", "--workers", type=int, default=None,
+                   help=f"workers (default: the module's Queue's, else {DEFAULT_WORKERS})")
+    p.add_argument("-k", "--kind", choices=WORKER_TYPES, default=None,
                    help="thread: threads of this process; process: each worker runs its "
-                        "tasks in a child process (hard timeouts, cancel of any task)")
+                        "tasks in a child process (hard timeouts, cancel of any task); "
+                        "default: the module's Queue's worker_type, else thread")
     p.add_argument("--max-tasks", type=int, default=None,
                    help="exit after running this many tasks")
     p.add_argument("--lease", type=float, default=None,

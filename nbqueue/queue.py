@@ -33,12 +33,11 @@ from .states import (
 )
 from .storage import open_storage, storage_key
 from .task import Pipeline, Signature, TaskFunction, expires_at, make_options
-from .validation import check_count, check_seconds
+from .validation import check_count, check_seconds, check_worker_type
 
 DEFAULT_KEEP = datetime.timedelta(days=7)
 MEMORY_MAX_FINISHED = 10_000
 MAX_NAME = 200
-WORKER_TYPES = ("thread", "process")
 
 
 class Queue:
@@ -66,9 +65,7 @@ class Queue:
             raise ValueError(f"queue name {name!r}: use a non-empty name of at most {MAX_NAME} "
                              "characters without slashes, like 'jobs'")
         check_count(workers, "workers", hint="(0: submit only)")
-        if worker_type not in WORKER_TYPES:
-            raise ValueError(f"worker_type={worker_type!r}: use 'thread' (in this process) or "
-                             "'process' (each worker runs its tasks in a process of its own)")
+        check_worker_type(worker_type)
         lease = check_seconds(lease, "lease", minimum=0.1, maximum=86400.0)
         check_count(max_recoveries, "max_recoveries")
         check_count(output_limit, "output_limit", hint="characters")
@@ -350,7 +347,9 @@ class Queue:
         call = (task.func, args, kwargs, opts.retry_on)
         cache_key = task.cache_key(args, kwargs) if opts.cache else None
         if state.store.serializes or self._pool.kind == "process":
-            payload = serializer.encode_call(task.name, *call)  # TypeError names the bad argument
+            payload = serializer.encode_call(  # TypeError names the bad argument
+                task.name, *call, hint=serializer.MEMORY_HINT if self._pool.kind == "thread"
+                else serializer.THREAD_HINT)
             if state.store.serializes:
                 state.calls[task_id] = call                    # in-process threads use live objects
         else:
@@ -395,10 +394,7 @@ class Queue:
             raise InvalidStateError(
                 f"task {task_id} ({rec.name}) is {rec.status}: only a failed or cancelled task can "
                 "be retried" + ("" if rec.status in FINISHED else "; wait for it, or cancel it first"))
-        call = state.calls.get(task_id)
-        if call is None:
-            call = serializer.decode_call(rec.payload) if state.store.serializes else rec.payload
-        func, args, kwargs, retry_on = call
+        func, args, kwargs, retry_on = state.resolve_call(rec)
         if rec.has_prev:  # the value the previous pipeline step handed it
             args = (*args, state.decode_value(rec.prev))
         live = state.tasks.get(rec.name)

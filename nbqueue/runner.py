@@ -8,19 +8,18 @@ tasks and exits; SIGINT twice or SIGTERM exits at once, handing the running
 tasks back to pending so another worker runs them.
 """
 
+import contextlib
 import logging
 import os
+import select
 import signal
-import threading
 import time
 
-from .runtime.liveness import holder_alive
+from .runtime.liveness import BEAT
 from .runtime.scheduler import Scheduler
 from .runtime.worker import WorkerPool
 from .states import FAILED, RETRYING, SUCCEEDED
 
-BEAT = 1.0          # seconds between two registrations of a live worker
-STALE = 10 * BEAT   # a worker not seen for this long (on another host) is taken for dead
 
 log = logging.getLogger("nbqueue.worker")
 
@@ -29,40 +28,6 @@ def worker_info(q, pool, sidecar, started_at):
     return {"pid": os.getpid(), "host": os.uname().nodename, "queue": q.name,
             "workers": pool.size, "kind": pool.kind, "busy": len(q.state.running),
             "sidecar": bool(sidecar), "started_at": started_at}
-
-
-def is_live(worker, info, now=None):
-    """Whether a registered worker still lives: on this host, its process runs;
-    elsewhere, it beat within ``STALE``."""
-    verdict = holder_alive(worker)
-    if verdict is None:
-        now = time.time() if now is None else now
-        beat = info.get("beat_at")
-        verdict = isinstance(beat, (int, float)) and now - beat < STALE
-    return verdict
-
-
-def live_workers(store, now=None, forget_dead=True):
-    """``{worker id: info}`` of the registered workers that still live; with
-    ``forget_dead``, the registrations of the others are removed."""
-    alive = {}
-    for worker, info in store.registered_workers().items():
-        if is_live(worker, info, now):
-            alive[worker] = info
-        elif forget_dead:
-            store.remove_worker(worker)
-    return alive
-
-
-def describe_worker(info, now=None):
-    """One line about a registered worker, for dashboards."""
-    now = time.time() if now is None else now
-    beat = info.get("beat_at")
-    ago = f"{max(0.0, now - beat):.0f} s ago" if isinstance(beat, (int, float)) else "never"
-    what = "sidecar" if info.get("sidecar") else "worker"
-    return (f"{what} pid {info.get('pid', '?')} on {info.get('host', '?')}: "
-            f"{info.get('workers', '?')} {info.get('kind', '?')} workers, "
-            f"{info.get('busy', 0)} busy, last heartbeat {ago}")
 
 
 def _describe_end(rec, status, fields, took):
@@ -96,22 +61,33 @@ class _Events:
         log.log(level, "%s", text)
 
 
+def _unregister(store, worker):
+    try:
+        store.remove_worker(worker)
+    except Exception:
+        log.exception("could not unregister")
+
+
 def run_worker(q, workers=4, kind="thread", max_tasks=None, sidecar=False):
     """Run ``q``'s tasks with ``workers`` threads or processes until told to stop
     (signal, ``stop`` in the store) or ``max_tasks`` ran. Returns the exit code."""
     state, store = q.state, q.store
     pool = WorkerPool(state, workers, kind=kind, max_tasks=max_tasks, listener=_Events())
     scheduler = Scheduler(state)
-    stop = {"graceful": threading.Event(), "now": threading.Event()}
-    look = threading.Event()  # a signal came: the main loop looks at once
+    stop = {"graceful": False, "now": False, "signals": 0}
+    # The handler only sets flags: it runs between two bytecodes of the main thread,
+    # which may hold a lock it would need (logging's, an Event's). The signal's byte
+    # on the wake-up pipe ends the main loop's select() at once.
+    wake_r, wake_w = os.pipe()
+    os.set_blocking(wake_r, False)
+    os.set_blocking(wake_w, False)
+    signal.set_wakeup_fd(wake_w)
 
     def on_signal(number, frame):
-        if number == signal.SIGINT and not stop["graceful"].is_set():
-            log.info("SIGINT: finishing the running tasks, then exiting (SIGINT again: now)")
-            stop["graceful"].set()
+        if number == signal.SIGINT and not stop["graceful"]:
+            stop["graceful"] = True
         else:
-            stop["now"].set()
-        look.set()
+            stop["now"] = True
 
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
@@ -122,13 +98,19 @@ def run_worker(q, workers=4, kind="thread", max_tasks=None, sidecar=False):
     store.beat_worker(worker, worker_info(q, pool, sidecar, started_at))
     scheduler.start()
     pool.start()
+    told = False
     try:
         next_beat = 0.0
-        while True:
+        while not stop["now"]:
             # Waiting for the running tasks to end: look often, so the exit is prompt.
-            look.wait(0.05 if stop["graceful"].is_set() or max_tasks is not None else BEAT)
-            look.clear()
-            if stop["now"].is_set():
+            draining = stop["graceful"] or max_tasks is not None
+            if select.select([wake_r], [], [], 0.05 if draining else BEAT)[0]:
+                with contextlib.suppress(OSError):
+                    os.read(wake_r, 512)
+            if stop["graceful"] and not told:
+                told = True
+                log.info("finishing the running tasks, then exiting (SIGINT again: now)")
+            if stop["now"]:
                 break
             if time.monotonic() >= next_beat:
                 next_beat = time.monotonic() + BEAT
@@ -138,26 +120,30 @@ def run_worker(q, workers=4, kind="thread", max_tasks=None, sidecar=False):
                     log.exception("could not register in the store")
                     seen = {}
                 if seen.get("stop"):
-                    (stop["now"] if seen.get("now") else stop["graceful"]).set()
+                    stop["now" if seen.get("now") else "graceful"] = True
                     continue
-            if stop["graceful"].is_set() and pool.size:
+            if stop["graceful"] and pool.size:
                 pool.stop(wait=False)
-            if (stop["graceful"].is_set() or max_tasks is not None) and pool.join(0):
+            if draining and pool.join(0):
                 break
     finally:
-        if stop["now"].is_set():
+        signal.set_wakeup_fd(-1)
+        os.close(wake_r)
+        os.close(wake_w)
+        if stop["now"]:
+            # Unregister first and hand the tasks back last, just before exiting:
+            # once pending, another worker may start them.
+            scheduler.stop(wait=False)
+            _unregister(store, worker)
             handed = pool.hand_back("handed back: its worker was told to stop at once")
-            if handed:
-                log.info("handed %d running task%s back: %s", len(handed),
-                         "" if len(handed) == 1 else "s", ", ".join(handed))
-        scheduler.stop(wait=not stop["now"].is_set())
-        try:
-            store.remove_worker(worker)
-        except Exception:
-            log.exception("could not unregister")
+            log.info("handed %d running task%s back%s", len(handed), "" if len(handed) == 1
+                     else "s", (": " + ", ".join(handed)) if handed else "")
+        else:
+            scheduler.stop(wait=True)
+            _unregister(store, worker)
         log.info("worker %s stopped", worker)
         logging.shutdown()
-    if stop["now"].is_set():
+    if stop["now"]:
         os._exit(0)  # threads may be inside tasks that never return
     pool.stop(wait=True)
     store.close()

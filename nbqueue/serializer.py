@@ -30,34 +30,35 @@ def _explain(err):
     return f"{type(err).__name__}: {err}"
 
 
-def encode_call(name, func, args, kwargs, retry_on):
+def encode_call(name, func, args, kwargs, retry_on, hint=None):
     """Pickle a call. Raises TypeError naming the argument that cannot be pickled,
     or that is an open file, socket, lock, generator or thread (``refuse``),
-    before pickling anything."""
+    before pickling anything. ``hint``: the way out the message ends with
+    (default ``MEMORY_HINT``)."""
+    hint = MEMORY_HINT if hint is None else hint
     for i, arg in enumerate(args):
-        refuse(arg, f"argument {i} ({type(arg).__name__}) of {name}()")
+        refuse(arg, f"argument {i} ({type(arg).__name__}) of {name}()", hint)
     for key, arg in kwargs.items():
-        refuse(arg, f"keyword argument {key!r} ({type(arg).__name__}) of {name}()")
+        refuse(arg, f"keyword argument {key!r} ({type(arg).__name__}) of {name}()", hint)
     try:
         return dumps((func, args, kwargs, retry_on))
     except Exception as err:
         whole = err
     for i, arg in enumerate(args):
-        _check(arg, f"argument {i} ({type(arg).__name__}) of {name}()")
+        _check(arg, f"argument {i} ({type(arg).__name__}) of {name}()", hint)
     for key, arg in kwargs.items():
-        _check(arg, f"keyword argument {key!r} ({type(arg).__name__}) of {name}()")
-    _check(func, f"the function {name}")
-    raise TypeError(f"the call {name}() cannot be pickled for a disk store ({_explain(whole)})")
+        _check(arg, f"keyword argument {key!r} ({type(arg).__name__}) of {name}()", hint)
+    _check(func, f"the function {name}", hint)
+    raise TypeError(f"the call {name}() cannot be pickled ({_explain(whole)}){hint}")
 
 
-def _check(obj, what):
+def _check(obj, what, hint):
     try:
         dumps(obj)
     except Exception as err:
         raise TypeError(
-            f"{what} cannot be pickled, so it cannot be stored on disk ({_explain(err)}). "
-            "Pass something picklable (a path, plain data), or use Queue(storage='memory'), "
-            "which keeps arguments by reference.") from err
+            f"{what} cannot be pickled, so it cannot be stored or sent to another process "
+            f"({_explain(err)}). Pass something picklable (a path, plain data){hint}") from err
 
 
 _PLAIN = frozenset({int, float, str, bytes, bool, type(None), complex})
@@ -67,15 +68,16 @@ _LOCKS = (type(threading.Lock()), type(threading.RLock()), threading.Condition,
 _GENERATORS = (types.GeneratorType, types.AsyncGeneratorType, types.CoroutineType)
 
 
-def refuse(arg, what):
+def refuse(arg, what, hint=None):
     """Raise TypeError if ``arg``, or an item of a list, tuple, set or dict ``arg``
     (one level deep), is something a disk store must not keep: an open file
     (cloudpickle would copy its whole content into the store), a socket, a lock,
     a generator or coroutine, a thread. The message names the argument and says
     what to pass instead. Cheap: a type test per value."""
+    hint = MEMORY_HINT if hint is None else hint
     kind = _unshippable(arg)
     if kind is not None:
-        raise TypeError(f"{what} is {_advice(kind, arg)}")
+        raise TypeError(f"{what} is {_advice(kind, arg, hint)}")
     if type(arg) in _PLAIN or not isinstance(arg, _CONTAINERS):
         return
     values = arg.values() if isinstance(arg, dict) else arg
@@ -86,7 +88,7 @@ def refuse(arg, what):
     for where, item in items:
         kind = _unshippable(item)
         if kind is not None:
-            raise TypeError(f"{what}: {where} ({type(item).__name__}) is {_advice(kind, item)}")
+            raise TypeError(f"{what}: {where} ({type(item).__name__}) is {_advice(kind, item, hint)}")
 
 
 def _unshippable(obj):
@@ -126,29 +128,31 @@ def _kind_of_type(t):
 
 
 MEMORY_HINT = ("; or use Queue(storage='memory'), which keeps arguments by reference in "
-           "this process")
+               "this process")
+THREAD_HINT = ("; or use worker_type='thread' on a memory store, which keeps arguments by "
+               "reference in this process")
 
 
-def _advice(kind, obj):
+def _advice(kind, obj, hint):
     if kind == "file":
         name = getattr(obj, "name", None)
         path = f"the path ({name!r})" if isinstance(name, (str, bytes)) else "its path"
         return (f"a file object: a disk store would copy the whole file into the store. "
-                f"Pass {path} instead and open the file inside the task" + MEMORY_HINT)
+                f"Pass {path} instead and open the file inside the task" + hint)
     if kind == "socket":
         return ("a socket, which cannot leave this process. Pass its address (a path, or "
-                "host and port) instead and connect inside the task" + MEMORY_HINT)
+                "host and port) instead and connect inside the task" + hint)
     if kind == "lock":
         article = "an" if type(obj).__name__[0] in "AEIOU" else "a"
         return (f"{article} {type(obj).__name__}, which only works inside one process. Pass a path "
                 "(a lock file, a directory to write to) or plain data instead and "
-                "coordinate inside the task" + MEMORY_HINT)
+                "coordinate inside the task" + hint)
     if kind == "generator":
         return ("a generator (or coroutine), which cannot be stored and runs only once. Pass "
                 "a list (list(gen)) or the path of the data instead and iterate inside the "
-                "task" + MEMORY_HINT)
+                "task" + hint)
     return ("a thread, which cannot leave this process. Pass what it works on (a path, "
-            "plain data) instead" + MEMORY_HINT)
+            "plain data) instead" + hint)
 
 
 def code_fingerprint(func):
@@ -172,14 +176,15 @@ def decode_call(payload):
     return loads(payload)
 
 
-def encode_value(value):
-    """Pickle a task's return value. Raises TypeError with advice if it cannot be."""
+def encode_value(value, hint="; return plain data, or use Queue(storage='memory')"):
+    """Pickle a task's return value. Raises TypeError with advice (``hint``) if
+    it cannot be."""
     try:
         return dumps(value)
     except Exception as err:
         raise TypeError(
-            f"the task returned a {type(value).__name__}, which cannot be pickled for a disk "
-            f"store ({_explain(err)}); return plain data, or use Queue(storage='memory')") from err
+            f"the task returned a {type(value).__name__}, which cannot be pickled "
+            f"({_explain(err)}){hint}") from err
 
 
 def describe_exception(exc, pickle_it):

@@ -12,10 +12,10 @@ import threading
 import time
 
 from .exceptions import NbqueueError
-from .runner import live_workers
-from .validation import check_count, check_seconds
+from .runtime.liveness import live_workers
+from .storage.storedir import SIDECAR_LOG
+from .validation import check_count, check_seconds, check_worker_type
 
-LOG_NAME = "sidecar.log"
 
 
 def _directory(q):
@@ -28,10 +28,12 @@ def _directory(q):
     return directory
 
 
-def status(q):
+def status(q, stopping=False):
     """The live sidecar of ``q``'s store as a dict (``worker``, ``pid``, ``host``,
-    ``workers``, ``kind``, ``busy``, ``beat_at``, ``started_at``), or None."""
-    found = [dict(info, worker=w) for w, info in live_workers(q.store).items() if info.get("sidecar")]
+    ``workers``, ``kind``, ``busy``, ``beat_at``, ``started_at``), or None. One
+    asked to stop counts only with ``stopping`` (it takes no new work for long)."""
+    found = [dict(info, worker=w) for w, info in live_workers(q.store).items()
+             if info.get("sidecar") and (stopping or not info.get("stop"))]
     found.sort(key=lambda info: info.get("started_at", 0))
     return found[0] if found else None
 
@@ -43,14 +45,13 @@ def start(q, workers=4, worker_type="process", wait=30.0):
     ``status(q)``. Raises NbqueueError (a memory store, or the sidecar exited:
     the message holds its log's tail), ValueError/TypeError for bad arguments."""
     check_count(workers, "workers", minimum=1)
-    if worker_type not in ("thread", "process"):
-        raise ValueError(f"worker_type={worker_type!r}: use 'process' or 'thread'")
+    check_worker_type(worker_type)
     wait = check_seconds(wait, "wait", minimum=1.0)
     directory = _directory(q)
     live = status(q)
     if live is not None:
         return live
-    log_path = os.path.join(directory, LOG_NAME)
+    log_path = os.path.join(directory, SIDECAR_LOG)
     fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
     try:
         proc = subprocess.Popen(
@@ -81,23 +82,29 @@ def stop(q, now=False, timeout=30.0):
     ``timeout`` seconds for it to exit. Returns True if one was stopped, False if
     none was running. Raises TimeoutError if it still runs after ``timeout``."""
     timeout = check_seconds(timeout, "timeout")
-    live = status(q)
+    live = status(q, stopping=True)
     if live is None:
         return False
-    q.store.update_worker(live["worker"], stop=True, now=bool(now))
-    if live.get("host") == os.uname().nodename and isinstance(live.get("pid"), int):
-        try:  # a signal is quicker than its next look at the store
-            os.kill(live["pid"], signal.SIGTERM if now else signal.SIGINT)
-        except ProcessLookupError:
-            pass
+    asked = live.get("stop") and (live.get("now") or not now)  # asked already, as much
+    if not asked:
+        q.store.update_worker(live["worker"], stop=True, now=bool(now))
+        # A signal is quicker than its next look at the store. SIGINT once only: a
+        # second one means "now" to it.
+        how = signal.SIGTERM if now else None if live.get("stop") else signal.SIGINT
+        if how is not None and live.get("host") == os.uname().nodename \
+                and isinstance(live.get("pid"), int):
+            try:
+                os.kill(live["pid"], how)
+            except ProcessLookupError:
+                pass
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if live["worker"] not in live_workers(q.store):
             return True
         time.sleep(0.05)
     raise TimeoutError(f"the sidecar (pid {live.get('pid')}) still runs {timeout:g} s after "
-                       "it was asked to stop: its tasks are still running; stop(now=True) "
-                       "hands them back and exits at once")
+                       "it was asked to stop: its tasks are still running; "
+                       "q.stop_sidecar(now=True) hands them back and exits at once")
 
 
 def _tail(path, size=2000):

@@ -67,3 +67,14 @@ def check_priority(value, what="priority"):
     """A task priority: a whole number from -1,000,000 to 1,000,000 (higher runs first)."""
     return check_count(value, what, minimum=-1_000_000, maximum=1_000_000,
                        hint="(higher runs first)")
+
+
+WORKER_TYPES = ("thread", "process")
+
+
+def check_worker_type(value, what="worker_type"):
+    """"thread" or "process"; else ValueError saying what each means."""
+    if value not in WORKER_TYPES:
+        raise ValueError(f"{what}={value!r}: use 'thread' (threads of this process) or 'process' "
+                         "(each worker runs its tasks in a process of its own)")
+    return value

@@ -919,3 +919,122 @@ def test_a_killed_workers_children_do_not_outlive_it(queues, procs, tmp_path):
     w.wait(timeout=10)
     assert wait_until(lambda: not any(alive(pid) for pid in family), timeout=10), \
         {pid: _stat(pid) for pid in family if alive(pid)}
+
+
+# =============================================================================
+# 10. What a review found: each case once broken, here so it stays fixed
+# =============================================================================
+def fail_plainly():
+    raise ValueError("plain failure")
+
+
+@pytest.mark.parametrize("worker_type", ["thread", "process"])
+def test_a_failed_tasks_traceback_starts_at_the_users_code(queues, worker_type):
+    q = queues("disk", workers=1, worker_type=worker_type)
+    with pytest.raises(nbqueue.TaskException) as info:
+        q.task(fail_plainly)().get(timeout=30)
+    frames = [line for line in info.value.traceback.splitlines()
+              if line.strip().startswith("File ")]
+    assert len(frames) == 1 and frames[0].endswith("in fail_plainly"), info.value.traceback
+
+
+def stdout_facts():
+    sys.stdout.writelines(["a\n", "b\n"])
+    return sys.stdout.encoding, sys.stderr.fileno() >= 0
+
+
+def test_a_process_tasks_stdout_answers_like_a_stream(queues):
+    q = queues("memory", workers=1, worker_type="process")
+    r = q.task(stdout_facts)()
+    encoding, fileno = r.get(timeout=30)
+    assert encoding and fileno and r.output == "a\nb\n"
+
+
+def test_modules_named_like_the_standard_library_beside_the_notebook_break_no_child(
+        queues, tmp_path, monkeypatch):
+    for name in ("queue", "struct", "signal", "socket"):
+        (tmp_path / f"{name}.py").write_text("raise RuntimeError('a user module was imported')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))  # a notebook's directory is on its sys.path
+    q = queues("memory", workers=1, worker_type="process")
+    assert q.task(square)(3).get(timeout=30)[0] == 9
+
+
+def test_a_process_tasks_timeout_counts_from_when_its_call_was_loaded(queues, tmp_path, monkeypatch):
+    mods = _write_module(tmp_path / "mods", "slow_to_import",
+                         "import time\ntime.sleep(1.0)\n\n\ndef quick():\n    return 'quick'\n")
+    monkeypatch.syspath_prepend(str(mods))
+    slow_to_import = __import__("slow_to_import")
+    q = queues("memory", workers=1, worker_type="process")
+    r = q.task(slow_to_import.quick, timeout=0.8)()  # its import alone takes 1 s in the child
+    assert r.get(timeout=30) == "quick" and r.attempts == 1
+
+
+def test_retry_works_on_a_memory_process_queue(queues):
+    q = queues("memory", workers=1, worker_type="process")
+    r = q.task(boom)()
+    with pytest.raises(nbqueue.TaskException):
+        r.get(timeout=30)
+    again = r.retry()
+    with pytest.raises(nbqueue.TaskException, match="bad input 42"):
+        again.get(timeout=30)
+    assert q.store.get(again.id).message == f"retry of {r.id}"
+
+
+def test_an_argument_refused_by_a_memory_process_queue_points_to_thread_workers(queues):
+    q = queues("memory", workers=0, worker_type="process")
+    with pytest.raises(TypeError, match="worker_type='thread'") as info:
+        q.task(square)(threading.Lock())
+    assert "storage='memory')" not in str(info.value)  # it is on memory already
+
+
+def test_a_task_cancelled_while_its_worker_finishes_up_is_cancelled(queues, procs, tmp_path):
+    q = queues("disk", workers=0)
+    w = procs.worker(q.store.directory, "-w", "1", "-k", "process")
+    started = tmp_path / "started"
+    r = q.task(nap)(30, str(started))
+    assert wait_until(started.exists, timeout=30), procs.log(w)
+    w.send_signal(signal.SIGINT)  # finish the running tasks, then exit...
+    assert wait_until(lambda: "finishing the running tasks" in procs.log(w), timeout=10)
+    r.cancel()  # ...but a cancel still reaches them meanwhile
+    assert wait_until(lambda: r.status == "cancelled", timeout=10), r.status
+    assert w.wait(timeout=15) == 0, procs.log(w)
+
+
+def test_sigterm_to_the_whole_process_group_hands_every_task_back(queues, procs, tmp_path):
+    q = queues("disk", workers=0)
+    w = procs.worker(q.store.directory, "-w", "2", "-k", "process")
+    marks = [tmp_path / f"started-{i}" for i in range(2)]
+    rs = [q.task(nap)(30, str(m)) for m in marks]
+    assert wait_until(lambda: all(m.exists() for m in marks), timeout=30), procs.log(w)
+    os.killpg(w.pid, signal.SIGTERM)  # systemd's KillMode=control-group, kill -TERM -PGID
+    assert w.wait(timeout=15) == 0, procs.log(w)
+    for r in rs:
+        rec = q.store.get(r.id)
+        assert rec.status == "pending" and "handed back" in rec.message, rec
+
+
+def test_a_sidecar_that_is_stopping_is_not_reused(queues, procs, tmp_path, monkeypatch):
+    monkeypatch.setenv("PYTHONPATH", procs.pythonpath())  # it imports this file's tasks
+    q = queues("disk", workers=0)
+    first = q.start_sidecar(workers=1)
+    procs.track(first["pid"])
+    started = tmp_path / "started"
+    r = q.task(nap)(3, str(started))
+    assert wait_until(started.exists, timeout=30)
+    with pytest.raises(TimeoutError, match=r"stop_sidecar\(now=True\)"):
+        q.stop_sidecar(timeout=0.5)  # it finishes its task first
+    second = q.start_sidecar(workers=1)
+    procs.track(second["pid"])
+    assert second["pid"] != first["pid"]
+    assert q.task(square)(4).get(timeout=30)[2] == second["pid"]  # new work goes to the new one
+    assert r.get(timeout=30) == "woke"  # and the first one finished its task, not handed back
+    assert wait_until(lambda: not alive(first["pid"]), timeout=10)
+    assert q.stop_sidecar() is True
+
+
+def test_a_shipped_cell_whose_last_expression_cannot_be_pickled_says_so(queues):
+    from nbqueue.cellrun import run_shipped_cell
+    q = queues("memory", workers=1, worker_type="process")
+    r = q.task(run_shipped_cell)("x = 1\n(i for i in range(3))", "<cell>", {}, {"x"})
+    with pytest.raises(nbqueue.TaskException, match="last expression is a generator"):
+        r.get(timeout=30)

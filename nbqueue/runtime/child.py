@@ -73,23 +73,25 @@ class Channel:
 
 class _ParentLink:
     """What a child's TaskContext writes to in place of the store: progress and
-    output go to the parent, which writes them to the store."""
+    output go to the parent (tagged with the task's id), which writes them to
+    the store. ``cancelled``: ids a cancel was asked for (by the parent)."""
 
     def __init__(self, conn):
         self._conn = conn
-        self.cancel = False
+        self.cancelled = set()
 
     def send(self, message):
         self._conn.send(message)
 
     def update(self, task_id, **fields):
-        self.send(("update", fields))
-        return self.cancel
+        self.send(("update", task_id, fields))
+        return task_id in self.cancelled
 
 
 class _Output:
     """sys.stdout/sys.stderr of the child: text goes to the running task's output
-    (and so to its widget in the kernel), else to the child's own stream."""
+    (and so to its widget in the kernel), else to the child's own stream, which
+    also answers everything else a stream is asked (``encoding``, ``fileno``...)."""
 
     def __init__(self, fallback):
         self._fallback = fallback
@@ -102,12 +104,19 @@ class _Output:
         ctx.write(text)
         return len(text)
 
+    def writelines(self, lines):
+        for line in lines:
+            self.write(line)
+
     def flush(self):
         if self.ctx is None:
             self._fallback.flush()
 
     def isatty(self):
         return False
+
+    def __getattr__(self, name):
+        return getattr(self._fallback, name)
 
 
 def main(conn):
@@ -123,9 +132,9 @@ def main(conn):
             except (EOFError, OSError):
                 os._exit(0)  # the parent is gone: never outlive it
             if message[0] == "cancel":
-                link.cancel = True
                 ctx = running.get(message[1])
-                if ctx is not None:
+                if ctx is not None:  # a late cancel of a task that ended is dropped
+                    link.cancelled.add(message[1])
                     ctx.request_cancel()
             else:
                 inbox.put(message)
@@ -151,7 +160,9 @@ def main(conn):
         if message[0] != "run":
             return
         _, rec, output_limit = message
-        link.cancel = rec.cancel_requested
+        link.cancelled.clear()
+        if rec.cancel_requested:
+            link.cancelled.add(rec.id)
         ctx = context.TaskContext(rec, link, output_limit, notes=False)
         running[rec.id] = ctx
         out.ctx = err.ctx = ctx
@@ -162,21 +173,25 @@ def main(conn):
             running.pop(rec.id, None)
             ctx.end()
         fields.update(ctx.final_fields())
-        link.send(("done", status, fields))
+        link.send(("done", rec.id, status, fields))
 
 
 def run(rec, ctx, link):
     """Run the record's call in this process; ``(status, fields)`` with the result
-    and error pickled."""
+    and error pickled. Its timeout counts from when the call was loaded (the
+    imports its unpickling needs are not the task's time)."""
     fields = {}
     retry_on = ()  # a call that cannot even be loaded is not retried
     context.enter(ctx)
     try:
         func, args, kwargs, retry_on = serializer.decode_call(rec.payload)
-        link.send(("started", issubclass(TaskTimeout, retry_on), issubclass(WorkerLost, retry_on)))
+        ctx.restart_clock()
+        link.send(("started", rec.id, issubclass(TaskTimeout, retry_on),
+                   issubclass(WorkerLost, retry_on)))
         if rec.has_prev:
             args = args + (serializer.loads(rec.prev),)
-        fields["result"] = serializer.encode_value(execute.call(ctx, rec, func, args, kwargs))
+        value = execute.call(ctx, rec, func, args, kwargs)
+        fields["result"] = serializer.encode_value(value, hint=RETURN_HINT)
         return SUCCEEDED, fields
     except BaseException as exc:  # noqa: B036 -- user code must never end the child
         describe = lambda e: serializer.describe_exception(e, True)  # noqa: E731
@@ -185,6 +200,7 @@ def run(rec, ctx, link):
         context.leave()
 
 
+RETURN_HINT = "; a process worker sends its task's value back pickled: return plain data"
 execute.HIDDEN.add(run.__code__)
 
 
@@ -203,11 +219,18 @@ def _die_with(parent):
 
 def serve(fd, parent):
     """The child process's entry point: ``fd`` is its end of the parent's socket
-    pair, ``parent`` the parent's pid.
+    pair, ``parent`` the parent's pid. Its own modules are loaded by now, from
+    the standard library first (a ``queue.py`` beside a notebook cannot break
+    it); the tasks' imports see the parent's ``sys.path``, in its order
+    (``NBQUEUE_SYS_PATH``).
 
-    Ctrl-C in a terminal reaches the whole process group: the parent decides
-    (finish the running task, or terminate it), never the task's own code."""
+    It runs in a session of its own: Ctrl-C in a terminal or a SIGTERM to the
+    worker's process group reaches the worker, which decides (finish the
+    running task, or terminate it), never the task's own code."""
     _die_with(parent)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    path = os.environ.pop("NBQUEUE_SYS_PATH", None)
+    if path is not None:
+        sys.path[:] = path.split(os.pathsep)
     registry.autostart = False  # a module a task imports must not start its Queue's workers here
     main(Channel(socket.socket(fileno=fd)))

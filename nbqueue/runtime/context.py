@@ -217,6 +217,11 @@ class TaskContext:
         return {"progress_done": self._done, "progress_total": self._total,
                 "progress_message": message, "output": self.output()}
 
+    def restart_clock(self):
+        """Count the timeout from now (a process worker: once the call is loaded)."""
+        if self._timeout is not None:
+            self._deadline = time.monotonic() + self._timeout
+
     def mirror(self, fields):
         """Take progress and output a process worker's child reported (its own
         TaskContext's ``fields``) as this run's, to be flushed from here."""

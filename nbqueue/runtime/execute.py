@@ -16,7 +16,8 @@ from ..states import CANCELLED, FAILED, PENDING, RETRYING
 from . import interrupt
 
 PLAIN = frozenset((int, float, str, bytes, bool, type(None), list, dict, tuple))  # never awaitable
-HIDDEN = {interrupt.call_user.__code__}  # nbqueue frames not shown in a task's traceback
+# nbqueue frames not shown in a task's traceback (the worker and the child add theirs)
+HIDDEN = {interrupt.call_user.__code__}
 
 _local = threading.local()  # .loop: this thread's event loop for async tasks
 
@@ -60,6 +61,9 @@ def run_async(ctx, awaitable, timeout):
         return loop.run_until_complete(atask)
     finally:
         ctx._loop = ctx._atask = None
+
+
+HIDDEN.update((call.__code__, run_async.__code__))
 
 
 def classify(ctx, rec, exc, retry_on, fields, describe):

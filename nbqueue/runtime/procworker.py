@@ -29,7 +29,9 @@ from ..states import CANCELLED
 from . import child as child_module
 from .execute import fail_or_retry
 
+_NBQUEUE_HOME = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 STOP_GRACE = 0.3  # a cancelled or timed-out task gets this long to stop by itself
+LOAD_LIMIT = 30.0  # seconds a task with a timeout may take to start and load its call
 LOOK = 0.1        # how often the thread looks for a cancel while its child runs
 
 
@@ -56,14 +58,17 @@ class ChildProcess:
             return
         self.discard()
         ours, theirs = socket.socketpair()
-        # It imports what this process can: our sys.path, not only the default one.
-        env = dict(os.environ, PYTHONPATH=os.pathsep.join(
-            p for p in sys.path if p and os.path.isdir(p)))
+        # -P and a PYTHONPATH of nbqueue's own directory only: the child loads its
+        # modules from the standard library first; then it takes our sys.path, so
+        # the tasks import what this process would (``child.serve``).
+        env = dict(os.environ, PYTHONPATH=_NBQUEUE_HOME,
+                   NBQUEUE_SYS_PATH=os.pathsep.join(p or os.getcwd() for p in sys.path))
         try:
             process = subprocess.Popen(
-                [sys.executable, "-c", f"from nbqueue.runtime.child import serve; "
+                [sys.executable, "-P", "-c", f"from nbqueue.runtime.child import serve; "
                  f"serve({theirs.fileno()}, {os.getpid()})"],
-                pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL, env=env)
+                pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL, env=env,
+                start_new_session=True)
         except BaseException:
             ours.close()
             raise
@@ -78,6 +83,13 @@ class ChildProcess:
             return self.process.wait(timeout)
         except subprocess.TimeoutExpired:
             return None
+
+    def kill(self):
+        """SIGKILL the child and reap it: nothing it runs goes on."""
+        if self.alive():
+            self.process.kill()
+            self.wait(5)
+        self.discard()
 
     def terminate(self):
         """Stop the child now: SIGTERM, then SIGKILL if it lingers."""
@@ -125,16 +137,13 @@ def run_in_child(child, rec, ctx, output_limit):
     result and error as bytes. Progress and output the child reports become
     ``ctx``'s (written to the store by its flushes, and with the run's end);
     a cancel asked meanwhile (``ctx.request_cancel``) is passed on at once, and
-    the child terminated if the task did not stop within ``STOP_GRACE``. Raises
-    OSError if no child can be started."""
+    the child terminated if the task did not stop within ``STOP_GRACE``; so is
+    a task past its timeout (counted from when the child loaded the call).
+    Raises OSError if no child can be started; if anything else goes wrong here,
+    the child is terminated before it is raised (a child still running a task
+    must never get the next one)."""
     child.ensure()
-    conn, process = child.conn, child.process
-    try:
-        conn.send(("run", rec, output_limit))
-    except (OSError, ValueError):
-        return _lost(child, rec, {}, None)
-    retry = {"timeout": True, "lost": True}  # until the child says what retry_on allows
-    stop_at, why = None, None
+    conn = child.conn
 
     def cancel_now():  # in the thread that asked: the child's next check raises at once
         try:
@@ -143,40 +152,71 @@ def run_in_child(child, rec, ctx, output_limit):
             pass
 
     ctx.on_cancel = cancel_now  # (a cancel asked before the run: the record says so)
+    try:
+        return _supervise(child, rec, ctx, output_limit)
+    except BaseException:
+        child.terminate()
+        raise
+    finally:
+        ctx.on_cancel = None
+
+
+def _supervise(child, rec, ctx, output_limit):
+    conn, process = child.conn, child.process
+    try:
+        conn.send(("run", rec, output_limit))
+    except (OSError, ValueError):
+        return _lost(child, rec, {}, None)
+    retry = {"timeout": True, "lost": True}  # until the child says what retry_on allows
+    stop_at, why = None, None
+    # The timeout counts once the child loaded the call ("started"): starting the
+    # child and the imports the call needs are not the task's time, within a limit.
+    loaded = False
+    load_deadline = None if rec.timeout is None else time.monotonic() + max(LOAD_LIMIT, rec.timeout)
     while True:
         now = time.monotonic()
+        deadline = ctx._deadline if loaded else load_deadline
         if why is None:
             if ctx.cancelled:  # the grace counts from the cancel, not from this look
                 why, stop_at = "cancel", (ctx._cancel_at or now) + STOP_GRACE
-            elif ctx._deadline is not None and now >= ctx._deadline:
+            elif deadline is not None and now >= deadline:
                 why, stop_at = "timeout", now + STOP_GRACE
+        if stop_at is not None and now >= stop_at:  # whatever the child still sends
+            child.terminate()
+            return _stopped(rec, ctx, why, retry)
         wait = LOOK
         if stop_at is not None:
             wait = min(wait, stop_at - now)
-        elif ctx._deadline is not None:
-            wait = min(wait, ctx._deadline - now)
-        ready = wait_for([conn], max(0.0, wait))
-        if ready:
+        elif deadline is not None:
+            wait = min(wait, deadline - now)
+        update = None
+        while wait_for([conn], max(0.0, wait)):  # every message waiting, then one write
+            wait = 0.0
             try:
                 message = conn.recv()
             except (EOFError, OSError):
                 return _lost(child, rec, retry, why)
-            kind = message[0]
+            kind, task_id = message[0], message[1]
+            if task_id != rec.id:
+                continue  # never another task's (none should come: a stale one is dropped)
             if kind == "done":
-                status, fields = message[1], message[2]
+                status, fields = message[2], message[3]
                 ctx.mirror({k: fields.pop(k) for k in PROGRESS_FIELDS if k in fields})
                 return status, fields
             if kind == "update":
-                ctx.mirror(message[1])
-                ctx.flush()  # learns of a cancel asked elsewhere, too
+                update = message[2]
             elif kind == "started":
-                retry["timeout"], retry["lost"] = message[1], message[2]
-            continue
+                ctx.restart_clock()  # the child counts from here too
+                loaded = True
+                retry["timeout"], retry["lost"] = message[2], message[3]
+        if update is not None:
+            ctx.mirror(update)
+            try:
+                ctx.flush()  # learns of a cancel asked elsewhere, too
+            except Exception:  # a store hiccup: written at the next flush (ctx stays dirty)
+                pass
         if process.poll() is not None:  # it ended without a word (its socket closes too)
             return _lost(child, rec, retry, why)
-        if stop_at is not None and time.monotonic() >= stop_at:
-            child.terminate()
-            return _stopped(rec, ctx, why, retry)
 
 
 def _stopped(rec, ctx, why, retry):

@@ -97,7 +97,7 @@ class QueueState:
         """
         if rec.status == SUCCEEDED:
             value = self.decode_value(rec.result)
-            return value.value if type(value) is ShippedCell else value
+            return value.load_value() if type(value) is ShippedCell else value
         if rec.status == CANCELLED:
             raise TaskCancelled(f"task {rec.id} ({rec.name}) was cancelled" + (
                 f": {rec.message}" if rec.message and rec.message != "cancelled" else ""))

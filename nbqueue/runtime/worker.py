@@ -17,7 +17,7 @@ import sys
 import threading
 import time
 
-from ..states import FAILED, FINISHED, PENDING, SUCCEEDED
+from ..states import FAILED, FINISHED, PENDING, RUNNING, SUCCEEDED
 from . import capture, context, execute, procworker
 
 MIN_POLL = 0.002
@@ -48,6 +48,7 @@ class WorkerPool:
         self._wake = threading.Event()  # the heartbeat looks again now (a cancel was asked)
         self._heartbeat = None
         self._look_now = False  # a cancel was asked elsewhere: read the flags at once
+        self._abandoned = False  # hand_back() gave the running tasks back: write nothing
 
     @property
     def size(self):
@@ -79,16 +80,23 @@ class WorkerPool:
         self._wake.set()
 
     def stop(self, wait=True):
-        """Ask every thread to exit once its current task is done; join them if ``wait``."""
-        self.store.on_cancel(self._cancel_asked, add=False)
+        """Ask every thread to exit once its current task is done; join them if
+        ``wait``. The heartbeat goes on while a task still runs (its lease, its
+        timeout and cancels from elsewhere), and exits after the last one."""
         self._target = 0
         self._stopping.set()
-        self._wake.set()
+        self._wake.set()  # the heartbeat exits now if no task runs
         self.store.notify_work(len(self._threads) + 1)
         if wait:
-            for t in self._threads + [self._heartbeat]:
-                if t is not None and t is not threading.current_thread():
+            for t in self._threads:
+                if t is not threading.current_thread():
                     t.join()
+            self._wake.set()
+            if self._heartbeat is not None and self._heartbeat is not threading.current_thread():
+                self._heartbeat.join()
+
+    def _working(self):
+        return any(t.is_alive() for t in self._threads)
 
     # ---- worker threads ------------------------------------------------
     def _loop(self, index):
@@ -166,12 +174,14 @@ class WorkerPool:
             ctx.end()
             state.running.pop(rec.id, None)
         fields.update(ctx.final_fields())
-        if self.listener is not None:
-            self.listener("end", rec, status, fields)
+        if self._abandoned:
+            return None  # handed back (``hand_back``): this run's outcome is not written
         want_next = bool(claim_next and claim_next())
         # Not finished: our lease ran out and the task was requeued; its new run owns it.
         finished, nxt = self.store.finish_and_claim(
             rec.id, self.worker_id, status, self.lease if want_next else None, **fields)
+        if finished and self.listener is not None:
+            self.listener("end", rec, status, fields)
         if want_next and nxt is None:
             self._give_back_slot()
         if finished and status in FINISHED:
@@ -221,20 +231,24 @@ class WorkerPool:
         return status, fields
 
     def hand_back(self, message):
-        """Give every task this pool runs back to pending (for a worker told to stop
-        now: SIGTERM) and terminate the process workers' children. A run that
-        ends afterwards is dropped (its claim is gone). Returns the ids handed back."""
+        """For a worker told to stop now (SIGTERM): kill the process workers'
+        children, then give every task this pool runs back to pending. From
+        then on no run of this pool writes an outcome (a thread task that ends
+        later is dropped; the task runs again elsewhere). Returns the ids handed
+        back. The caller exits at once afterwards."""
+        self._abandoned = True
         self._stopping.set()
         self._target = 0
+        running = list(self.state.running)  # before the kills: their runs then end at once
+        for child in list(self._children.values()):
+            child.kill()  # first: no task may go on running once it is pending again
         handed = []
-        for task_id in list(self.state.running):
+        for task_id in running:
             try:
                 if self.store.finish(task_id, self.worker_id, PENDING, message=message):
                     handed.append(task_id)
             except Exception:
                 self.state.log(f"could not hand back task {task_id}", sys.exc_info())
-        for child in list(self._children.values()):
-            child.terminate()
         self.store.notify_work(len(handed))
         return handed
 
@@ -264,7 +278,8 @@ class WorkerPool:
         while True:
             self._wake.wait(max(MIN_BEAT, wake_at - time.monotonic()))
             self._wake.clear()  # before looking: a cancel asked from now on wakes us again
-            if self._stopping.is_set():
+            if self._stopping.is_set() and not self._working():
+                self.store.on_cancel(self._cancel_asked, add=False)
                 return
             now = time.monotonic()
             soonest = None  # the earliest moment a running task wants a look
@@ -288,7 +303,9 @@ class WorkerPool:
     def _read_cancel_flags(self, running):
         for tid, ctx in running.items():
             rec = self.store.get(tid)
-            if rec is not None and rec.cancel_requested and not ctx.cancelled:
+            # still this run's (not a finished one's flag, read late)
+            if rec is not None and rec.cancel_requested and not ctx.cancelled \
+                    and rec.status == RUNNING and rec.worker == self.worker_id:
                 ctx.request_cancel()
 
     def _upkeep(self, running, now, last_renew):
@@ -313,4 +330,4 @@ class WorkerPool:
         return last_renew
 
 
-execute.HIDDEN.add(WorkerPool.run.__code__)
+execute.HIDDEN.update((WorkerPool.run.__code__, WorkerPool._run_here.__code__))

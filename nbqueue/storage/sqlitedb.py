@@ -19,17 +19,8 @@ from ..exceptions import NbqueueError
 from ..records import TaskRecord
 from ..states import STATES
 from .checkpointer import BACKSTOP_PAGES, Checkpointer
-from .storedir import (
-    DB,
-    VALUES,
-    WriteLock,
-    check_files,
-    check_private,
-    damaged,
-    prepare_directory,
-    survey,
-    unlink,
-)
+from .storedir import (DB, VALUES, WriteLock, check_files, check_private, damaged,
+                       prepare_directory, survey, unlink)
 
 FORMAT = 2
 WORKERS_TABLE = "CREATE TABLE IF NOT EXISTS workers (id TEXT PRIMARY KEY, info TEXT NOT NULL)"
@@ -333,6 +324,10 @@ class SqliteDatabase:
                 if not join.done.is_set():
                     with self._txn():
                         pass  # the commit carries the waiting adds, ours included
+            except BaseException:
+                with contextlib.suppress(ValueError):  # raised to our caller: never written later
+                    self._joins.remove(join)
+                raise
             finally:
                 lock.release()
         if join.error is not None:

@@ -19,6 +19,8 @@ from ..exceptions import NbqueueError
 
 DB = "nbqueue.db"
 VALUES = "values"
+WRITE_LOCK = "write.lock"
+SIDECAR_LOG = "sidecar.log"
 
 
 def check_private(path, st, mode):
@@ -104,7 +106,8 @@ def survey(directory):
                 "or use a new directory")
         if leftovers:
             raise damaged(db, "is missing while its values/ or WAL file is still there")
-        foreign = sorted(names - {DB + "-shm", DB + "-journal"})
+        # (write.lock and sidecar.log stay behind a deleted database: not foreign)
+        foreign = sorted(names - {DB + "-shm", DB + "-journal", WRITE_LOCK, SIDECAR_LOG})
         if foreign:
             raise NbqueueError(
                 f"{directory!r} is not an nbqueue store: it holds other files "
@@ -135,7 +138,7 @@ class WriteLock:
     Without ``fcntl`` it does nothing."""
 
     def __init__(self, directory):
-        self.path = os.path.join(directory, "write.lock")
+        self.path = os.path.join(directory, WRITE_LOCK)
         self._fd = None
         self._pid = None
 

@@ -4,7 +4,8 @@ Each process that waits on a shared store binds one Unix datagram socket in
 ``$TMPDIR/nbqueue-<uid>/<key>/`` (``key``: a hash of the store's path, so the
 socket path stays under the 108-byte limit). After a change others may wait
 for, a process sends one byte to every socket there: ``w`` (work is ready),
-``d`` (a task finished) or ``e`` (an eta changed). A listener thread turns it
+``d`` (a task finished), ``e`` (an eta changed) or ``c`` (a cancel was asked
+for a running task). A listener thread turns it
 into the in-process notify, so a sidecar's idle worker starts a task a notebook
 submitted within a millisecond, and the notebook's ``r.get()`` returns as soon
 as the sidecar finished it. A datagram lost or refused costs only that speed:
@@ -18,7 +19,7 @@ import socket
 import tempfile
 import threading
 
-KINDS = (b"w", b"d", b"e")
+KINDS = (b"w", b"d", b"e", b"c")
 
 
 def _base():
@@ -109,9 +110,12 @@ class Wakeups:
         if mtime != self._seen or self._sender is None:
             with self._lock:
                 self._refresh(mtime)
+        sender = self._sender  # close() may drop it meanwhile: then sends fail quietly
+        if sender is None:
+            return
         for path in self._peers:
             try:
-                self._sender.sendto(kind, path)
+                sender.sendto(kind, path)
             except (ConnectionRefusedError, FileNotFoundError):
                 self._forget(path)  # its process is gone
             except OSError:

@@ -3,7 +3,7 @@
 import html
 import time
 
-from ..runner import describe_worker, live_workers
+from ..runtime.liveness import describe_worker, live_workers
 from ..states import FINISHED, STATES
 from .look import View, badge, next_run_text, progress_text, shown_status
 from .updater import updater

@@ -53,7 +53,13 @@ def sidecar_queue(shell, name):
         with _background_lock:
             q = _background.get("sidecar")
             if q is None or (q._closed and q._successor is None):
+                try:
+                    previous = registry.latest_queue()
+                except NbqueueError:
+                    previous = None
                 q = _background["sidecar"] = Queue("background", workers=0)
+                if previous is not None:  # %nbqueue keeps meaning the user's own latest queue
+                    registry.set_latest(previous)
         q = q._live_queue()
     if not q.store.shared:
         raise UsageError(f"--sidecar: queue {q.name!r} is on a memory store, which a sidecar cannot "

@@ -34,7 +34,7 @@ from ..states import (
     STATES,
     SUCCEEDED,
 )
-from ..runner import describe_worker, live_workers
+from ..runtime.liveness import describe_worker, live_workers
 from .dashboard import DashboardView
 from .look import (
     BAR_KINDS,

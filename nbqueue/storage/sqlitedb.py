@@ -158,7 +158,9 @@ class SqliteDatabase:
             raise NbqueueError(f"{self.directory!r} is not an nbqueue store (no {DB}); "
                                "give the directory of a queue, like .nbqueue/default")
         try:
-            with self._guard():
+            # One opener at a time: two processes making a store at once would race
+            # the schema and the switch to WAL (which SQLite may refuse as busy).
+            with self._guard(), self._write_lock:
                 self.queue_name = self._check_schema(queue_name)
         except BaseException:
             self.close()

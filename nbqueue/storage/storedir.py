@@ -155,6 +155,13 @@ class WriteLock:
         if fcntl is not None and self._fd is not None:
             fcntl.flock(self._fd, fcntl.LOCK_UN)
 
+    def __enter__(self):
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc):
+        self.release()
+
     def close(self):
         if self._fd is not None and self._pid == os.getpid():
             os.close(self._fd)

@@ -708,6 +708,9 @@ def test_sidecar_starts_is_found_reused_and_stopped(queues, procs, monkeypatch):
     assert alive(status["pid"]) and status["pid"] != os.getpid()
     assert (status["kind"], status["workers"], status["host"]) == ("process", 1, os.uname().nodename)
     assert q.sidecar_status()["pid"] == status["pid"]
+    board = q.dashboard().text()  # the dashboard shows it: pid, workers, busy, heartbeat
+    assert f"sidecar pid {status['pid']} on {status['host']}: 1 process workers, 0 busy" in board
+    assert "last heartbeat" in board
     again = q.start_sidecar(workers=3)
     assert again["pid"] == status["pid"] and again["workers"] == 1  # the live one, reused
 

@@ -384,3 +384,20 @@ def test_a_retry_view_inside_another_closes_with_it(memory_queue):
     u._pre_run_cell(_info("cell-a"))
     assert outer.closed and inner.closed and inner.box.comm is None
 
+
+
+def test_dashboard_shows_the_stores_live_worker_processes(disk_queue):
+    import os
+    store = disk_queue.store
+    info = {"pid": os.getpid(), "host": os.uname().nodename, "workers": 2, "kind": "process",
+            "busy": 1, "sidecar": True}
+    store.beat_worker(disk_queue.worker_id, info)  # this live process, registered as a sidecar
+    store.beat_worker("elsewhere:1:1:dead", dict(info, host="elsewhere"), now=0)  # long ago
+    view = DashboardView(disk_queue)
+    try:
+        shown = view.workers.value
+        assert f"sidecar pid {os.getpid()} on {os.uname().nodename}: 2 process workers, 1 busy" in shown
+        assert "last heartbeat 0 s ago" in shown
+        assert "elsewhere" not in shown  # not seen for long: taken for dead, not shown
+    finally:
+        view.close()

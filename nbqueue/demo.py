@@ -1,11 +1,15 @@
 """``nbqueue demo``: a terminal tour of the queue on its default durable store.
 
-It submits a few tasks to ``Queue("demo")`` (diskcache under ``./.nbqueue/demo``):
+It submits a few tasks to ``Queue("demo")`` (a store directory, ``./.nbqueue/demo``):
 one reporting progress, one that fails twice and is retried, one cancelled
 while it runs, one delayed, and prints live status lines until all are done.
-Then it fetches every result back by id, as a later cell or process would.
+Then it fetches every result back by id, as a later cell or process would,
+shows a memoized call, and runs two tasks in a sidecar (``nbqueue worker``
+beside it, tasks in processes of their own): one to its end, one that never
+checks for a cancel, stopped by terminating its process.
 """
 
+import os
 import random
 import sys
 import time
@@ -62,6 +66,32 @@ def _line(r):
         prog = f" {rec.progress_done:g} ticks"
     note = f" ({rec.message})" if rec.message and rec.status in ("retrying", "cancelled") else ""
     return f"  {rec.name.split('.')[-1]:<8} {rec.status:<10} attempts={rec.attempts}{prog}{note}"
+
+
+def sleeper():
+    """Sleeps in a C call for a minute and never checks for a cancel."""
+    time.sleep(60)
+
+
+def _sidecar_tour(storage, out):
+    q = nbqueue.Queue("demo", storage=storage, workers=0)  # this process only submits now
+    info = q.start_sidecar(workers=2, worker_type="process")
+    out.write(f"\na sidecar: pid {info['pid']}, {info['workers']} {info['kind']} workers "
+              f"(this process: {os.getpid()}); it outlives whoever started it\n")
+    try:
+        busy, stuck = q.task(crunch)(10), q.task(sleeper)()
+        while stuck.status != "running":
+            time.sleep(0.02)
+        t = time.monotonic()
+        stuck.cancel()
+        stuck.wait(timeout=10)
+        out.write(f"  sleeper  {stuck.status} {time.monotonic() - t:.2f}s after cancel(), in the "
+                  "middle of time.sleep(60): its process was terminated\n")
+        out.write(f"  crunch   {busy.get(timeout=30)} (ran in the sidecar)\n")
+    finally:
+        q.stop_sidecar()
+    out.write("  sidecar stopped\n")
+    q.shutdown()
 
 
 def main(storage=None, out=sys.stdout):
@@ -124,6 +154,7 @@ def main(storage=None, out=sys.stdout):
     out.write("\nthe store now holds: " + ", ".join(f"{n} {s}" for s, n in counts.items() if n)
               + " (finished records are kept 7 days: Queue(keep=...))\n")
     again.shutdown()
+    _sidecar_tour(storage, out)
     directory = again.store.directory
     out.write(f"\nfetch one later with:  nbqueue result {directory} {ids[0]}\n")
     return ids

@@ -21,23 +21,12 @@ periodic lateness, before the scale benchmark).
    hardware gives (with two CPUs, two busy processes and the loop share two
    cores).
 
-   For each run the tasks are submitted, and the loop starts only once every
-   one of them has written its marker file (it is executing the function, not
-   just claimed, and a process worker's child has started); after the loop
-   every task must still be ``running`` (else the run is an error), then they
-   are cancelled and waited for, and the loop runs idle again. The queue (and
-   so a process worker's child) is kept across the repeats. Each loaded loop is
-   compared with the mean of the idle loops just before and just after it (the
-   machine's speed drifts by tens of percent over seconds on a shared VM).
-   Reported, as a table (rows: one task, two tasks; columns: thread, process,
-   bare process): the median of those ratios over the quiet repeats of 5 (2
-   with ``--quick``), and their median loop seconds. Quiet: the idle loops on
-   both sides kept at most ``QUIET_CORES`` CPUs busy machine-wide
-   (``/proc/stat``), so nothing else ran on the machine meanwhile; a cell with
-   no quiet repeat uses them all, and the table says how many were quiet and
-   the median of all. Also: the time from submit to the task running (the
-   first run of a queue includes starting its process workers' children) and
-   from cancel to the task ended cancelled.
+   The loop starts once every task has written its marker (it runs, not just
+   claimed); after the loop every task must still be ``running``, then they are
+   cancelled. Each loaded loop is compared with the idle loops just before and
+   after it; reported: the median ratio over the quiet repeats of 5 (2 with
+   ``--quick``): those whose idle loops saw at most ``QUIET_CORES`` CPUs busy
+   machine-wide (``/proc/stat``). Also: submit to running, cancel to cancelled.
 
 2. Sidecar round trip. A store directory in a temp dir; in this process a
    submit-only ``Queue(name, storage=DIR, workers=0)``; ``q.start_sidecar(

@@ -13,6 +13,7 @@ its children too, so the suite leaves nothing behind. Linux only (``/proc``).
 
 import collections
 import contextlib
+import logging
 import os
 import re
 import signal
@@ -943,14 +944,16 @@ def test_a_failed_tasks_traceback_starts_at_the_users_code(queues, worker_type):
 
 def stdout_facts():
     sys.stdout.writelines(["a\n", "b\n"])
+    logging.basicConfig(format="%(levelname)s %(message)s")  # a handler made in the task
+    logging.getLogger("from-the-task").warning("logged")
     return sys.stdout.encoding, sys.stderr.fileno() >= 0
 
 
-def test_a_process_tasks_stdout_answers_like_a_stream(queues):
+def test_a_process_tasks_stdout_answers_like_a_stream_and_its_logging_is_captured(queues):
     q = queues("memory", workers=1, worker_type="process")
     r = q.task(stdout_facts)()
     encoding, fileno = r.get(timeout=30)
-    assert encoding and fileno and r.output == "a\nb\n"
+    assert encoding and fileno and r.output == "a\nb\nWARNING logged\n"
 
 
 def test_modules_named_like_the_standard_library_beside_the_notebook_break_no_child(

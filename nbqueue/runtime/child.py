@@ -25,7 +25,7 @@ import time
 from .. import registry, serializer
 from ..exceptions import TaskTimeout, WorkerLost
 from ..states import SUCCEEDED
-from . import context, execute
+from . import capture, context, execute
 
 
 _SIZE = struct.Struct("!Q")
@@ -88,37 +88,6 @@ class _ParentLink:
         return task_id in self.cancelled
 
 
-class _Output:
-    """sys.stdout/sys.stderr of the child: text goes to the running task's output
-    (and so to its widget in the kernel), else to the child's own stream, which
-    also answers everything else a stream is asked (``encoding``, ``fileno``...)."""
-
-    def __init__(self, fallback):
-        self._fallback = fallback
-        self.ctx = None
-
-    def write(self, text):
-        ctx = self.ctx
-        if ctx is None:
-            return self._fallback.write(text)
-        ctx.write(text)
-        return len(text)
-
-    def writelines(self, lines):
-        for line in lines:
-            self.write(line)
-
-    def flush(self):
-        if self.ctx is None:
-            self._fallback.flush()
-
-    def isatty(self):
-        return False
-
-    def __getattr__(self, name):
-        return getattr(self._fallback, name)
-
-
 def main(conn):
     """The child's loop, on its Channel to the parent."""
     link = _ParentLink(conn)
@@ -153,8 +122,6 @@ def main(conn):
 
     threading.Thread(target=read, daemon=True, name="nbqueue-child-reader").start()
     threading.Thread(target=flush, daemon=True, name="nbqueue-child-flusher").start()
-    out, err = _Output(sys.__stdout__), _Output(sys.__stderr__)
-    sys.stdout, sys.stderr = out, err
     while True:
         message = inbox.get()
         if message[0] != "run":
@@ -165,11 +132,12 @@ def main(conn):
             link.cancelled.add(rec.id)
         ctx = context.TaskContext(rec, link, output_limit, notes=False)
         running[rec.id] = ctx
-        out.ctx = err.ctx = ctx
+        # The task's prints and log records go to its output, as in a worker thread
+        # (sys.stdout/sys.stderr and logging handlers, put back if the task swapped them).
+        capture.install_capture()
         try:
             status, fields = run(rec, ctx, link)
         finally:
-            out.ctx = err.ctx = None
             running.pop(rec.id, None)
             ctx.end()
         fields.update(ctx.final_fields())

@@ -218,8 +218,11 @@ def kernel(tmp_path_factory):
 def report(msgs):
     """The value a cell printed with ``report(...)`` (defined in the kernel)."""
     for m in msgs:
-        if m["msg_type"] == "stream" and m["content"]["text"].startswith("REPORT "):
-            return json.loads(base64.b64decode(m["content"]["text"].split()[1]))
+        # one stream message may carry several prints (the kernel batches what is
+        # written within its flush interval): look at each line
+        for line in m["content"]["text"].splitlines() if m["msg_type"] == "stream" else ():
+            if line.startswith("REPORT "):
+                return json.loads(base64.b64decode(line.split()[1]))
     raise AssertionError("the cell reported nothing")
 
 

@@ -128,7 +128,7 @@ def pack_inputs(ns, reads, writes):
     cell binds it itself (then it is left out: the cell makes its own)."""
     inputs = {}
     for name in sorted(reads):
-        if name not in ns or name.startswith("_") and name in ("_", "__", "___", "_bg"):
+        if name not in ns or name in ("_", "__", "___", "_bg"):  # IPython's outputs, our Result
             continue
         value = ns[name]
         try:

@@ -44,21 +44,15 @@ def _describe_end(rec, status, fields, took):
     return logging.INFO, f"{rec.name} {rec.id} {status}{span}: {fields.get('message', '')}"
 
 
-class _Events:
-    """The pool's listener: log each task's start and end."""
-
-    def __init__(self):
-        self._starts = {}
-
-    def __call__(self, event, rec, status=None, fields=None):
-        if event == "start":
-            self._starts[rec.id] = time.monotonic()
-            log.info("%s %s started (attempt %d)", rec.name, rec.id, rec.attempts)
-            return
-        started = self._starts.pop(rec.id, None)
-        took = None if started is None else time.monotonic() - started
-        level, text = _describe_end(rec, status, fields or {}, took)
-        log.log(level, "%s", text)
+def _log_event(event, rec, status=None, fields=None):
+    """The pool's listener: log each task's start and end (timed from the
+    claim's ``started_at``)."""
+    if event == "start":
+        log.info("%s %s started (attempt %d)", rec.name, rec.id, rec.attempts)
+        return
+    took = None if rec.started_at is None else time.time() - rec.started_at
+    level, text = _describe_end(rec, status, fields or {}, took)
+    log.log(level, "%s", text)
 
 
 def _unregister(store, worker):
@@ -72,9 +66,9 @@ def run_worker(q, workers=4, kind="thread", max_tasks=None, sidecar=False):
     """Run ``q``'s tasks with ``workers`` threads or processes until told to stop
     (signal, ``stop`` in the store) or ``max_tasks`` ran. Returns the exit code."""
     state, store = q.state, q.store
-    pool = WorkerPool(state, workers, kind=kind, max_tasks=max_tasks, listener=_Events())
+    pool = WorkerPool(state, workers, kind=kind, max_tasks=max_tasks, listener=_log_event)
     scheduler = Scheduler(state)
-    stop = {"graceful": False, "now": False, "signals": 0}
+    stop = {"graceful": False, "now": False}
     # The handler only sets flags: it runs between two bytecodes of the main thread,
     # which may hold a lock it would need (logging's, an Event's). The signal's byte
     # on the wake-up pipe ends the main loop's select() at once.

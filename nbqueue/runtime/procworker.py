@@ -39,15 +39,9 @@ class ChildProcess:
     """One child process, started on first use and again after it died or was
     terminated. Used by one worker thread only."""
 
-    def __init__(self, name):
-        self.name = name
+    def __init__(self):
         self.process = None
         self.conn = None
-        self.started = 0  # how many children were started (replacements included)
-
-    @property
-    def pid(self):
-        return None if self.process is None else self.process.pid
 
     def alive(self):
         return self.process is not None and self.process.poll() is None
@@ -75,7 +69,6 @@ class ChildProcess:
         finally:
             theirs.close()
         self.process, self.conn = process, child_module.Channel(ours)
-        self.started += 1
 
     def wait(self, timeout):
         """The child's exit code once it ended within ``timeout``, else None."""

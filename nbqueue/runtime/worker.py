@@ -106,8 +106,7 @@ class WorkerPool:
         looked_at = None  # the store's work sequence number before our last look found nothing
         child = None
         if self.kind == "process":
-            child = self._children[index] = procworker.ChildProcess(
-                f"nbqueue-{self.state.name}-process-{index}")
+            child = self._children[index] = procworker.ChildProcess()
 
         def keep_going():
             return not self._stopping.is_set() and index < self._target and self._take_slot()
@@ -257,7 +256,7 @@ class WorkerPool:
         deadline = None if timeout is None else time.monotonic() + timeout
         for t in list(self._threads):
             t.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
-        return not any(t.is_alive() for t in self._threads)
+        return not self._working()
 
     def _fail_unhandled(self, rec, exc):
         # Don't leave the task running under a lease we keep renewing forever.

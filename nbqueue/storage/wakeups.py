@@ -19,8 +19,6 @@ import socket
 import tempfile
 import threading
 
-KINDS = (b"w", b"d", b"e", b"c")
-
 
 def _base():
     return os.path.join(tempfile.gettempdir(), f"nbqueue-{os.getuid()}")

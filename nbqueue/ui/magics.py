@@ -24,9 +24,20 @@ _background_lock = threading.Lock()
 _cell_counter = iter(range(1, 1 << 62))
 
 
+# the default queues of the magics: made once per kernel, again after a shutdown
+_DEFAULTS = {
+    "thread": lambda: Queue("background", storage="memory"),
+    "process": lambda: Queue("background-process", storage="memory", workers=2,
+                             worker_type="process"),
+    "sidecar": lambda: Queue("background", workers=0),  # ./.nbqueue/background
+}
+
+
 def background_queue(kind="thread"):
-    """The kernel's default in-memory queue for ``%%background`` (created once):
-    ``kind="process"``, the one whose two workers run cells in processes."""
+    """The kernel's default queue of ``kind`` for ``%%background``: "thread" and
+    "process" are in memory (the latter's two workers run cells in processes),
+    "sidecar" only submits to ``./.nbqueue/background``. Making one leaves
+    ``%nbqueue`` meaning the user's own latest queue."""
     with _background_lock:
         q = _background.get(kind)
         if q is None or (q._closed and q._successor is None):
@@ -34,12 +45,8 @@ def background_queue(kind="thread"):
                 previous = registry.latest_queue()
             except NbqueueError:
                 previous = None
-            if kind == "thread":
-                q = Queue("background", storage="memory")
-            else:
-                q = Queue("background-process", storage="memory", workers=2, worker_type="process")
-            _background[kind] = q
-            if previous is not None:  # %nbqueue keeps meaning the user's own latest queue
+            q = _background[kind] = _DEFAULTS[kind]()
+            if previous is not None:
                 registry.set_latest(previous)
         return q._live_queue()
 
@@ -47,20 +54,7 @@ def background_queue(kind="thread"):
 def sidecar_queue(shell, name):
     """The disk queue a ``--sidecar`` cell goes to (``-q VAR``, else the store
     ``./.nbqueue/background``), with its sidecar started if none runs."""
-    if name is not None:
-        q = _queue_from(shell, name)
-    else:
-        with _background_lock:
-            q = _background.get("sidecar")
-            if q is None or (q._closed and q._successor is None):
-                try:
-                    previous = registry.latest_queue()
-                except NbqueueError:
-                    previous = None
-                q = _background["sidecar"] = Queue("background", workers=0)
-                if previous is not None:  # %nbqueue keeps meaning the user's own latest queue
-                    registry.set_latest(previous)
-        q = q._live_queue()
+    q = _queue_from(shell, name) if name is not None else background_queue("sidecar")
     if not q.store.shared:
         raise UsageError(f"--sidecar: queue {q.name!r} is on a memory store, which a sidecar cannot "
                          "reach; give -q a queue on a store directory")
@@ -162,13 +156,13 @@ class NbqueueMagics(Magics):
             q = _queue_from(self.shell, args.queue) if args.queue else background_queue()
             result = TaskFunction(q, run_cell, args.name, options)(code, filename)
         else:
-            result = self._ship_cell(args, kind, code, filename, options)
+            result = self._ship_cell(args, code, filename, options)
         self.shell.user_ns["_bg"] = result
         if args.output:
             self.shell.user_ns[args.output] = result
         display(result)
 
-    def _ship_cell(self, args, kind, code, filename, options):
+    def _ship_cell(self, args, code, filename, options):
         """Submit the cell to run in another process: what it reads goes by value,
         what it assigns comes back into the namespace when it succeeds."""
         reads, writes = cell_names(code)

@@ -234,3 +234,21 @@ def test_memoized_value_survives_a_new_process(tmp_path):
     for out in outputs:
         assert out.returncode == 0, out.stderr
     assert [o.stdout.split() for o in outputs] == [["49", "False"], ["49", "True"]]
+
+
+@pytest.mark.parametrize("worker_type", ["thread", "process"])
+def test_a_task_cancelled_before_its_run_ends_cancelled_even_if_its_value_is_cached(
+        make_queue, worker_type):
+    """A run that starts with its cancel already asked (a recovered task that was
+    cancelled while its dead worker held it) never runs, cached value or not."""
+    q = make_queue(workers=1, worker_type=worker_type)
+    cached = q.task(value, cache=True)
+    assert cached(5).get(timeout=WAIT) == 5  # the value is in the memo now
+    q.workers = 0
+    r = cached(5)
+    assert q.store.claim("a-worker-that-dies", 1.0).id == r.id
+    assert q.cancel(r.id)  # running: only flagged
+    q.store.requeue_expired(now=time.time() + 100)  # its worker died: pending again, flagged
+    q.workers = 1
+    with pytest.raises(nbqueue.TaskCancelled):
+        r.get(timeout=WAIT)

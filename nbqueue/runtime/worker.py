@@ -199,7 +199,10 @@ class WorkerPool:
             func, args, kwargs, retry_on = state.resolve_call(rec)
             if rec.has_prev:
                 args = args + (state.decode_value(rec.prev),)
-            hit, cached = state.memo_lookup(rec) if rec.cache_key else (False, None)
+            # (a run cancelled before it started is not served from the memo: execute.call
+            # ends it cancelled)
+            hit, cached = state.memo_lookup(rec) if rec.cache_key and not ctx.cancelled \
+                else (False, None)
             if hit:  # memoized: an earlier call with the same code and arguments
                 fields["result"], fields["cached"] = cached, True
             else:
@@ -217,7 +220,8 @@ class WorkerPool:
     def _run_in_child(self, rec, ctx, child):
         """Run the call in the thread's child process: ``(status, fields)``."""
         state = self.state
-        hit, cached = state.memo_lookup(rec) if rec.cache_key else (False, None)
+        hit, cached = state.memo_lookup(rec) if rec.cache_key and not ctx.cancelled \
+            else (False, None)
         if hit:
             return SUCCEEDED, {"result": cached, "cached": True}
         serializes = self.store.serializes

@@ -6,6 +6,7 @@ import datetime
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 
 import pytest
@@ -245,6 +246,8 @@ def test_a_task_cancelled_before_its_run_ends_cancelled_even_if_its_value_is_cac
     cached = q.task(value, cache=True)
     assert cached(5).get(timeout=WAIT) == 5  # the value is in the memo now
     q.workers = 0
+    assert wait_until(lambda: not any(t.name.startswith(f"nbqueue-{q.name}-worker-")
+                                      for t in threading.enumerate()), timeout=WAIT)
     r = cached(5)
     assert q.store.claim("a-worker-that-dies", 1.0).id == r.id
     assert q.cancel(r.id)  # running: only flagged

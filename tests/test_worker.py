@@ -19,7 +19,7 @@ import pytest
 import nbqueue
 from nbqueue import ResultGroup
 
-from conftest import gate, queue_threads, wait_gate, wait_until
+from conftest import gate, queue_threads, unique_name, wait_gate, wait_until
 
 WAIT = 10
 
@@ -739,3 +739,19 @@ def test_stopping_pool_leaves_queued_tasks_pending_not_claimed(make_queue, gates
     assert first.get(timeout=WAIT) == "first"
     assert wait_until(lambda: not queue_threads(q.name))
     assert [r.status for r in later] == ["pending"] * 3
+
+
+@pytest.mark.parametrize("worker_type", ["thread", "process"])
+def test_shrinking_then_growing_at_once_leaves_a_worker_running(tmp_path, worker_type):
+    """workers = 0 then workers = 1 right away: the old thread is still finishing
+    (a process worker closes its child) when the pool grows again; it must not be
+    counted on, or no thread would be left to run anything."""
+    q = nbqueue.Queue(unique_name("resize"), storage=str(tmp_path / "s"), workers=1,
+                      worker_type=worker_type)
+    try:
+        assert q.task(add)(1, 2).get(timeout=30) == 3
+        q.workers = 0
+        q.workers = 1
+        assert q.task(add)(2, 3).get(timeout=30) == 5
+    finally:
+        q.shutdown()

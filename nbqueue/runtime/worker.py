@@ -36,7 +36,10 @@ class WorkerPool:
         # listener("start", rec) and listener("end", rec, status, fields): ``nbqueue worker``'s log
         self.listener = listener
         self._slots = None if max_tasks is None else threading.Semaphore(max_tasks)
-        self._children = {}  # thread index -> procworker.ChildProcess
+        self._children = {}  # worker thread -> its procworker.ChildProcess
+        self._resize_lock = threading.Lock()
+        self._indexes = {}   # worker thread -> its index (it exits once index >= workers)
+        self._exiting = set()  # threads that decided to exit (they finish their task first)
         self.store = state.store
         self.lease = state.lease
         # Shared by every pool a re-run Queue cell creates, so the new pool's
@@ -63,15 +66,23 @@ class WorkerPool:
         self.resize(self._target)
 
     def resize(self, workers):
-        """Grow or shrink to ``workers`` threads; extra threads exit once idle."""
-        self._target = workers
-        self._threads = [t for t in self._threads if t.is_alive()]
-        for index in range(len(self._threads), workers):
-            t = threading.Thread(target=self._loop, args=(index,), daemon=True,
-                                 name=f"nbqueue-{self.state.name}-worker-{index}")
-            self._threads.append(t)
-            t.start()
-        if len(self._threads) > workers:
+        """Grow or shrink to ``workers`` threads; extra threads exit once idle. A
+        thread that has decided to exit is never counted on: its index gets a new
+        thread (atomic with that decision, under ``_resize_lock``)."""
+        with self._resize_lock:
+            self._target = workers
+            self._threads = [t for t in self._threads if t.is_alive()]
+            active = {self._indexes[t] for t in self._threads if t not in self._exiting}
+            for index in range(workers):
+                if index not in active:
+                    t = threading.Thread(target=self._loop, args=(index,), daemon=True,
+                                         name=f"nbqueue-{self.state.name}-worker-{index}")
+                    self._indexes[t] = index
+                    self._threads.append(t)
+                    t.start()
+            self._indexes = {t: i for t, i in self._indexes.items() if t in self._threads}
+            surplus = len(active) > workers
+        if surplus:
             self.store.notify_work(len(self._threads))
 
     def _cancel_asked(self):
@@ -104,12 +115,20 @@ class WorkerPool:
         poll = MIN_POLL
         rec = None
         looked_at = None  # the store's work sequence number before our last look found nothing
+        me = threading.current_thread()
         child = None
         if self.kind == "process":
-            child = self._children[index] = procworker.ChildProcess()
+            child = self._children[me] = procworker.ChildProcess()
 
         def keep_going():
-            return not self._stopping.is_set() and index < self._target and self._take_slot()
+            # Once it says no, this thread exits for good (``resize`` replaces it).
+            with self._resize_lock:
+                if me in self._exiting:
+                    return False
+                if not self._stopping.is_set() and index < self._target and self._take_slot():
+                    return True
+                self._exiting.add(me)
+                return False
 
         try:
             while rec is not None or keep_going():  # a task already claimed is run, never dropped
@@ -138,8 +157,10 @@ class WorkerPool:
                     rec = None
         finally:
             if child is not None:
-                self._children.pop(index, None)
+                self._children.pop(me, None)
                 child.close()
+            with self._resize_lock:
+                self._exiting.discard(me)
 
     def _take_slot(self):
         """With ``max_tasks``: reserve one of the tasks left to run; False once none is."""

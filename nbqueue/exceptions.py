@@ -78,6 +78,17 @@ class WorkerLost(NbqueueError):
     """The task's worker died more than ``max_recoveries`` times while running it."""
 
 
+class PayloadRejected(NbqueueError):
+    """A stored payload, value or job failed its signature check (unsigned, or
+    signed with another secret) and was not unpickled. The task it belongs to
+    fails with this error; nothing else is affected."""
+
+
+class StoreUnavailable(NbqueueError, ConnectionError):
+    """The store's server (Redis) cannot be reached. The message names it; the
+    call changed nothing that was not already committed."""
+
+
 class QueueClosed(NbqueueError, RuntimeError):
     """A task was submitted to a queue after ``shutdown()``."""
 

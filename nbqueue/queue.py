@@ -44,7 +44,12 @@ class Queue:
     """A named task queue on a store, with a pool of worker threads.
 
     ``storage``: None (a store directory ``./.nbqueue/<name>``), ``"memory"``
-    (in-process, no pickling) or a directory path. ``keep``: how long finished
+    (in-process, no pickling), a directory path, or a Redis URL
+    (``redis://[:password@]host:port/db``, ``rediss://`` for TLS; ``pip install
+    'nbqueue[redis]'``) shared by notebooks and workers on many machines.
+    ``secret`` (or ``$NBQUEUE_SECRET``): what every pickled call and value kept
+    in the store is signed with (HMAC-SHA256); one that fails the check is never
+    unpickled. Required on Redis, optional on a directory. ``keep``: how long finished
     records stay (a timedelta or seconds; None: for ever); a memory queue also
     keeps at most ``max_finished`` (default 10,000) finished records.
     ``worker_type="process"``: each worker runs its tasks in a child process (a
@@ -59,7 +64,7 @@ class Queue:
 
     def __init__(self, name="default", storage=None, workers=4, start=True, *,
                  worker_type="thread", keep=DEFAULT_KEEP, max_finished=None, lease=10.0, max_recoveries=1,
-                 output_limit=64 * 1024):
+                 output_limit=64 * 1024, secret=None):
         if not isinstance(name, str) or not name or any(c in name for c in "/\\\0") \
                 or name in (".", "..") or len(name) > MAX_NAME:
             raise ValueError(f"queue name {name!r}: use a non-empty name of at most {MAX_NAME} "
@@ -83,7 +88,7 @@ class Queue:
                 self.state = old.state
                 old._hand_over(self)
             else:
-                self.state = QueueState(name, open_storage(storage, name))
+                self.state = QueueState(name, open_storage(storage, name, secret))
             self.state.configure(
                 lease=lease, max_recoveries=int(max_recoveries), output_limit=int(output_limit),
                 keep=keep, max_finished=max_finished if max_finished is not None else (

@@ -15,6 +15,9 @@ import types
 
 import cloudpickle
 
+from .exceptions import PayloadRejected
+from .signing import ENV, MAGIC, Rejected
+
 PROTOCOL = pickle.HIGHEST_PROTOCOL
 
 
@@ -23,6 +26,14 @@ def dumps(obj):
 
 
 def loads(data):
+    """Unpickle ``data``. Raises PayloadRejected, unpickling nothing, for a blob
+    whose signature failed (``signing.Rejected``) or a signed blob read by a
+    process that has no secret."""
+    if data.__class__ is Rejected:
+        raise PayloadRejected(data.reason)
+    if data[:len(MAGIC)] == MAGIC:
+        raise PayloadRejected("this value is signed, but this process has no secret to check it: "
+                              f"give the Queue secret= or set ${ENV}")
     return pickle.loads(data)
 
 

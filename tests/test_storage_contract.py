@@ -1,7 +1,7 @@
 """The storage contract (``nbqueue/storage/base.py``), held against every backend.
 
-The same tests run on ``MemoryStorage`` (keeps objects by reference) and on
-``SqliteStorage`` (stores bytes); payloads and values are bytes so one test fits
+The same tests run on ``MemoryStorage`` (keeps objects by reference), on
+``SqliteStorage`` (stores bytes) and on ``RedisStorage`` (a real redis-server); payloads and values are bytes so one test fits
 both. Time is injected (``now=``) wherever the contract depends on it; nothing
 here asserts how long anything takes (benchmarks measure time).
 """
@@ -24,12 +24,16 @@ from nbqueue.records import JobRecord, TaskRecord
 from nbqueue.states import STATES, UNFINISHED
 
 T0 = 1_000_000.0
-BACKENDS = ("memory", "sqlite")
+BACKENDS = ("memory", "sqlite", "redis")
 QUEUE = "contract"
 ERROR = {"type": "ValueError", "message": "boom", "traceback": ""}
 
 
-def open_store(kind, directory=None):
+def open_store(kind, directory=None, url=None):
+    if kind == "redis":
+        from nbqueue.signing import Signer
+        from nbqueue.storage.redis import RedisStorage
+        return RedisStorage(url, QUEUE, Signer(b"contract-secret"))
     if kind == "memory":
         from nbqueue.storage.memory import MemoryStorage
         return MemoryStorage()
@@ -39,7 +43,8 @@ def open_store(kind, directory=None):
 
 @pytest.fixture(params=BACKENDS)
 def store(request, tmp_path):
-    s = open_store(request.param, tmp_path / "store")
+    url = request.getfixturevalue("redis_url") if request.param == "redis" else None
+    s = open_store(request.param, tmp_path / "store", url)
     yield s
     s.close()
 
@@ -1189,8 +1194,8 @@ def test_wait_done_times_out_and_knows_unknown_tasks(store):
 
 # ---- backend specifics -------------------------------------------------------------
 def test_what_each_backend_serializes_and_shares(store):
-    sqlite = type(store).__name__ == "SqliteStorage"
-    assert (store.serializes, store.shared) == (sqlite, sqlite)
+    durable = type(store).__name__ in ("SqliteStorage", "RedisStorage")
+    assert (store.serializes, store.shared) == (durable, durable)
 
 
 @pytest.mark.parametrize("store", ["memory"], indirect=True)

@@ -92,8 +92,9 @@ class SqliteStorage(SqliteJobs, SqliteDatabase, Storage):
     shared = True
     serializes = True
 
-    def __init__(self, directory, queue_name):
+    def __init__(self, directory, queue_name, signer=None):
         super().__init__()
+        self.signer = signer
         self._open_store(directory, queue_name)
         self._wakeups = Wakeups(self.directory, {
             b"w": lambda: Signals.notify_work(self, WAKE_ALL),

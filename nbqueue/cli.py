@@ -1,5 +1,6 @@
 """The ``nbqueue`` command: ``demo``, ``worker STORE``, ``status STORE``,
-``result STORE ID``."""
+``result STORE ID``. STORE is a store directory or a Redis URL (``--queue``
+names the queue there; ``$NBQUEUE_SECRET`` is the secret)."""
 
 import argparse
 import importlib
@@ -9,17 +10,25 @@ import sys
 from . import registry
 from .exceptions import NbqueueError
 from .queue import Queue
+from .storage.redisconn import is_redis_url
 from .validation import WORKER_TYPES, check_count, check_seconds
 
 DEFAULT_WORKERS = 4
+QUEUE_HELP = "the queue's name on a redis:// store (default: default)"
 
 
-def load_queue(target, **settings):
-    """The Queue a ``nbqueue worker`` argument names: a store directory, or
-    ``module:variable`` (imported without starting its workers). ``settings``
-    (lease, max_recoveries) are the queue's for a store directory. Raises
+def load_queue(target, queue_name=None, **settings):
+    """The Queue a ``nbqueue worker`` argument names: a store directory, a Redis
+    URL (with ``queue_name``, default "default"), or ``module:variable``
+    (imported without starting its workers). ``settings`` (lease,
+    max_recoveries) are the queue's for a store directory or URL. Raises
     NbqueueError / ValueError saying what is wrong."""
-    if ":" in target and not os.path.isdir(target):
+    if is_redis_url(target):
+        return Queue(queue_name or "default", storage=target, workers=0, start=False, **settings)
+    if queue_name is not None:
+        raise ValueError(f"--queue {queue_name}: only a redis:// store holds several queues; "
+                         "a store directory or module:variable names its queue already")
+    if _is_module_ref(target):
         module_name, _, attr = target.partition(":")
         sys.path.insert(0, os.getcwd())
         saved, registry.autostart = registry.autostart, False
@@ -39,6 +48,15 @@ def load_queue(target, **settings):
     return _queue(target, **settings)
 
 
+def _is_module_ref(target):
+    return ":" in target and not os.path.isdir(target) and not is_redis_url(target)
+
+
+def _where(q):
+    directory = getattr(q.store, "directory", None)
+    return directory if directory else repr(q.store)
+
+
 def _settings_of(q):
     state = q.state
     return {"lease": state.lease, "max_recoveries": state.max_recoveries,
@@ -46,7 +64,9 @@ def _settings_of(q):
             "max_finished": state.max_finished}
 
 
-def _queue(store, **settings):
+def _queue(store, queue_name=None, **settings):
+    if is_redis_url(store):
+        return load_queue(store, queue_name, **settings)
     from .storage.sqlite import queue_name_of
     return Queue(queue_name_of(store), storage=store, workers=0, start=False, **settings)
 
@@ -75,8 +95,8 @@ def cmd_worker(args):
         settings["lease"] = check_seconds(args.lease, "--lease", minimum=0.1, maximum=86400.0)
     if args.max_recoveries is not None:
         settings["max_recoveries"] = check_count(args.max_recoveries, "--max-recoveries")
-    q = load_queue(args.store, **settings)
-    if settings and ":" in args.store and not os.path.isdir(args.store):
+    q = load_queue(args.store, args.queue, **settings)
+    if settings and _is_module_ref(args.store):
         q.state.configure(**{**_settings_of(q), **settings})
     if not q.store.shared:
         raise ValueError(f"{args.store}: queue {q.name!r} is on a memory store, which no other "
@@ -88,9 +108,9 @@ def cmd_worker(args):
 
 
 def cmd_status(args):
-    q = _queue(args.store)
+    q = _queue(args.store, args.queue)
     counts = q.counts()
-    print(f"queue {q.name!r} at {q.store.directory}: "
+    print(f"queue {q.name!r} at {_where(q)}: "
           + (", ".join(f"{n} {s}" for s, n in counts.items() if n) or "no tasks"))
     for rec in q.store.page(limit=args.limit):
         print(f"  {rec.id}  {rec.status:<10} attempts={rec.attempts}  {rec.name}")
@@ -99,7 +119,7 @@ def cmd_status(args):
 
 def cmd_result(args):
     from .exceptions import TaskCancelled, TaskException
-    q = _queue(args.store)
+    q = _queue(args.store, args.queue)
     r = q.result(args.task_id)
     try:
         value = r.get(timeout=args.timeout, block=args.wait)
@@ -126,8 +146,11 @@ def build_parser():
     p.add_argument("--store", default=None, help="store directory (default ./.nbqueue/demo)")
     p.set_defaults(func=cmd_demo)
     p = sub.add_parser("worker", help="run a queue's tasks and periodic jobs")
-    p.add_argument("store", help="a queue's store directory (like .nbqueue/default), or "
-                                 "module:variable naming a Queue in an importable module")
+    p.add_argument("store", help="a queue's store directory (like .nbqueue/default), a "
+                                 "Redis URL (redis://host:6379/0, with --queue and "
+                                 "$NBQUEUE_SECRET), or module:variable naming a Queue in an "
+                                 "importable module")
+    p.add_argument("-q", "--queue", default=None, help=QUEUE_HELP)
     p.add_argument("-w", "--workers", type=int, default=None,
                    help=f"workers (default: the module's Queue's, else {DEFAULT_WORKERS})")
     p.add_argument("-k", "--kind", choices=WORKER_TYPES, default=None,
@@ -145,12 +168,14 @@ def build_parser():
     p.add_argument("--sidecar", action="store_true", help=argparse.SUPPRESS)
     p.set_defaults(func=cmd_worker)
     p = sub.add_parser("status", help="list the tasks of a store")
-    p.add_argument("store", help="a queue's store directory, like .nbqueue/default")
+    p.add_argument("store", help="a queue's store directory, like .nbqueue/default, or a Redis URL")
+    p.add_argument("-q", "--queue", default=None, help=QUEUE_HELP)
     p.add_argument("--limit", type=int, default=50, help="show the newest N tasks (default 50)")
     p.set_defaults(func=cmd_status)
     p = sub.add_parser("result", help="print a task's result by id")
-    p.add_argument("store")
+    p.add_argument("store", help="a queue's store directory, or a Redis URL")
     p.add_argument("task_id")
+    p.add_argument("-q", "--queue", default=None, help=QUEUE_HELP)
     p.add_argument("--wait", action="store_true", help="wait for the task to finish")
     p.add_argument("--timeout", type=float, default=None)
     p.set_defaults(func=cmd_result)
@@ -161,7 +186,7 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (NbqueueError, ValueError) as exc:
+    except (NbqueueError, ValueError, ImportError) as exc:
         print(f"nbqueue: {exc}", file=sys.stderr)
         return 2
 

@@ -1,6 +1,6 @@
 """Sidecars: an ``nbqueue worker`` process started from a notebook, detached
 (its own session) so it outlives a kernel restart, on the queue's store
-directory. It registers itself in the store; any kernel on that store finds it
+directory or Redis server. It registers itself in the store; any kernel on that store finds it
 (``status``), reuses it, or stops it.
 """
 
@@ -13,19 +13,36 @@ import time
 
 from .exceptions import NbqueueError
 from .runtime.liveness import live_workers
-from .storage.storedir import SIDECAR_LOG
+from .signing import ENV
+from .storage.storedir import SIDECAR_LOG, prepare_directory
 from .validation import check_count, check_seconds, check_worker_type
 
 
 
-def _directory(q):
+def _target(q):
+    """``(worker arguments naming the store, log file path)`` for ``q``'s store.
+    Raises NbqueueError for a store no other process can open."""
     directory = getattr(q.store, "directory", None)
-    if directory is None:
-        raise NbqueueError(
-            f"queue {q.name!r} is on {q.store!r}, which lives only in this process: a sidecar "
-            "needs a store directory it can open too. Use Queue(..., storage='some/dir') "
-            "(or the default, storage=None)")
-    return directory
+    if directory is not None:
+        return [directory], os.path.join(directory, SIDECAR_LOG)
+    url = getattr(q.store, "url", None)
+    if url is not None:  # a Redis store: the log goes beside the notebook
+        prepare_directory(".nbqueue")
+        return [url, "--queue", q.name], os.path.join(".nbqueue", f"{q.name}.{SIDECAR_LOG}")
+    raise NbqueueError(
+        f"queue {q.name!r} is on {q.store!r}, which lives only in this process: a sidecar "
+        "needs a store directory it can open too. Use Queue(..., storage='some/dir') "
+        "(or the default, storage=None)")
+
+
+def _environment(q):
+    """The sidecar's environment: ours, with the store's secret (a child of ours
+    only: /proc/PID/environ is readable by this user alone)."""
+    env = os.environ.copy()
+    signer = getattr(q.store, "signer", None)
+    if signer is not None:
+        env[ENV] = os.fsdecode(signer.key)
+    return env
 
 
 def status(q, stopping=False):
@@ -41,24 +58,23 @@ def status(q, stopping=False):
 def start(q, workers=4, worker_type="process", wait=30.0):
     """Start a sidecar on ``q``'s store unless one lives there (then return it):
     ``nbqueue worker DIR -w workers -k worker_type``, in a new session, its
-    output going to ``DIR/sidecar.log``. Waits until it registered; returns
+    output going to ``DIR/sidecar.log`` (a Redis store: ``.nbqueue/<name>.sidecar.log``). Waits until it registered; returns
     ``status(q)``. Raises NbqueueError (a memory store, or the sidecar exited:
     the message holds its log's tail), ValueError/TypeError for bad arguments."""
     check_count(workers, "workers", minimum=1)
     check_worker_type(worker_type)
     wait = check_seconds(wait, "wait", minimum=1.0)
-    directory = _directory(q)
+    target, log_path = _target(q)
     live = status(q)
     if live is not None:
         return live
-    log_path = os.path.join(directory, SIDECAR_LOG)
     fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
     try:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "nbqueue", "worker", directory, "-w", str(int(workers)),
+            [sys.executable, "-m", "nbqueue", "worker", *target, "-w", str(int(workers)),
              "-k", worker_type, "--lease", repr(q.lease),
              "--max-recoveries", str(q.max_recoveries), "--sidecar"],
-            stdin=subprocess.DEVNULL, stdout=fd, stderr=fd, cwd=os.getcwd(),
+            stdin=subprocess.DEVNULL, stdout=fd, stderr=fd, cwd=os.getcwd(), env=_environment(q),
             start_new_session=True)  # not in the kernel's process group: a restart spares it
     finally:
         os.close(fd)

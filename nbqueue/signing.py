@@ -34,7 +34,7 @@ def resolve_secret(secret, what="secret"):
     """``secret`` (str or bytes), else ``$NBQUEUE_SECRET``, as key bytes; None if
     neither is set. Raises TypeError or ValueError naming ``what``."""
     if secret is None:
-        secret = os.environ.get(ENV) or None
+        secret = os.environb.get(os.fsencode(ENV)) or None
         what = f"${ENV}"
         if secret is None:
             return None
@@ -52,10 +52,10 @@ class Signer:
     """Signs and checks blobs under one key. Thread-safe (no state but the key)."""
 
     def __init__(self, key):
-        self._key = key
+        self.key = key
 
     def _mac(self, data):
-        h = hmac.new(self._key, MAGIC, hashlib.sha256)
+        h = hmac.new(self.key, MAGIC, hashlib.sha256)
         h.update(data)
         return h.digest()
 

@@ -89,7 +89,10 @@ class RedisStorage(RedisJobs, Storage):
 
     # ---- wake-ups: in this process at once, and to every other through the channel
     def _publish(self, event):
-        self._client.publish(self.prefix + "events", event)
+        try:
+            self._client.publish(self.prefix + "events", event)
+        except Exception:  # a hint: with the server gone there is no one to wake
+            pass
 
     def notify_work(self, n=1):
         super().notify_work(n)

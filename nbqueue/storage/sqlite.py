@@ -26,7 +26,6 @@ from .sqlitedb import (
     Big,
     SqliteDatabase,
     prepare_directory,
-    record,
     snap,
     unlink,
 )
@@ -211,7 +210,7 @@ class SqliteStorage(SqliteJobs, SqliteDatabase, Storage):
             row = t.con.execute(SELECT + READY + " ORDER BY priority DESC, qseq LIMIT 1").fetchone()
             if row is None:
                 return None, ended, ()
-            rec = record(row)
+            rec = self._record(row)
             before = snap(rec)
             if rec.expires_at is not None and rec.expires_at <= now:
                 rec.cancel(now, "expired before it started")
@@ -328,7 +327,7 @@ class SqliteStorage(SqliteJobs, SqliteDatabase, Storage):
         with self._txn() as t:
             rows = t.con.execute(SELECT + WAITING_ETA + " AND eta <= ? ORDER BY eta", (now,)).fetchall()
             for row in rows:
-                rec = record(row)
+                rec = self._record(row)
                 before = snap(rec)
                 rec.promote()
                 self._save(t, rec, before, qseq=rec.seq)
@@ -369,7 +368,7 @@ class SqliteStorage(SqliteJobs, SqliteDatabase, Storage):
                              "are loaded on demand")
         if not load:
             row = self._one(SELECT + " WHERE id = ?", (task_id,))
-            return None if row is None else record(row)
+            return None if row is None else self._record(row)
         with self._snapshot() as con:
             rec = self._row(con, task_id)
             files = () if rec is None else self._load(con, rec, load)
@@ -408,7 +407,7 @@ class SqliteStorage(SqliteJobs, SqliteDatabase, Storage):
     def page(self, status=None, name=None, limit=50, offset=0):
         statuses = None if status is None else tuple(dict.fromkeys(check_states(status)))
         if name is None and statuses is None:
-            return [record(r) for r in self._all(SELECT + " ORDER BY seq DESC LIMIT ? OFFSET ?",
+            return [self._record(r) for r in self._all(SELECT + " ORDER BY seq DESC LIMIT ? OFFSET ?",
                                                  (-1 if limit is None else limit, offset))]
         # One indexed range per state ((status, seq) or (name, status, seq)), each read at
         # most offset + limit rows deep and merged newest first: O(log N + page).
@@ -426,7 +425,7 @@ class SqliteStorage(SqliteJobs, SqliteDatabase, Storage):
                 runs = [con.execute(sql, (*p, top, 0)).fetchall() for p in params]
             rows = list(heapq.merge(*runs, key=lambda r: r[SEQ], reverse=True))
             rows = rows[offset:None if limit is None else offset + limit]
-        return [record(r) for r in rows]
+        return [self._record(r) for r in rows]
 
     def find_prefix(self, prefix, limit=2):
         rows = self._all("SELECT id FROM tasks WHERE id >= ? AND id < ? ORDER BY id LIMIT ?",

@@ -15,11 +15,12 @@ import sqlite3
 import tempfile
 import threading
 
+from .. import serializer
 from ..exceptions import NbqueueError
 from ..records import TaskRecord
 from ..states import STATES
 from .checkpointer import BACKSTOP_PAGES, Checkpointer
-from .storedir import (DB, VALUES, WriteLock, check_files, check_private, damaged,
+from .storedir import (DB, VALUES, Big, WriteLock, check_files, check_private, damaged,
                        prepare_directory, survey, unlink)
 
 FORMAT = 2
@@ -85,13 +86,15 @@ _SAFE_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]{0,199}")
 
 
 # ---- rows and records ---------------------------------------------------------------
-def record(row):
+def record(row, signer=None):
+    """The TaskRecord of a row; its error dict checked with ``signer`` (if any)."""
     rec = TaskRecord(**dict(zip(COLS, row)))
     rec.has_prev, rec.cancel_requested, rec.cached = (
         bool(rec.has_prev), bool(rec.cancel_requested), bool(rec.cached))
     if rec.error is not None:
-        try:  # written by this store (files checked at open)
-            rec.error = pickle.loads(rec.error)
+        try:  # written by this store (files checked at open), signed if there is a secret
+            data = rec.error if signer is None else signer.open(rec.error, "error")
+            rec.error = serializer.loads(data)
         except Exception as err:  # one bad record must not break a page or a dashboard
             rec.error = {"type": "UnreadableError", "traceback": "", "exc": None,
                          "message": f"the stored error could not be read ({type(err).__name__}: {err})"}
@@ -103,19 +106,12 @@ snap = operator.attrgetter(*COLS)   # a record's columns, as a tuple
 ERROR = COLS.index("error")
 
 
-def _row_values(values):
-    """A record's columns as stored: the error dict pickled."""
+def _row_values(values, signer):
+    """A record's columns as stored: the error dict pickled (and signed)."""
     if values[ERROR] is None:
         return values
-    return (*values[:ERROR], pickle.dumps(values[ERROR]), *values[ERROR + 1:])
-
-
-class Big:
-    """A value over BIG, written to a temp file before the transaction."""
-    __slots__ = ("tmp",)
-
-    def __init__(self, tmp):
-        self.tmp = tmp
+    error = pickle.dumps(values[ERROR])
+    return (*values[:ERROR], error if signer is None else signer.sign(error), *values[ERROR + 1:])
 
 
 class Txn:
@@ -370,12 +366,12 @@ class SqliteDatabase:
 
     def _row(self, con, task_id):
         row = con.execute(SELECT + " WHERE id = ?", (task_id,)).fetchone()
-        return None if row is None else record(row)
+        return None if row is None else self._record(row)
 
     def _save(self, t, rec, before, **extra):
         """Write the columns ``rec``'s move changed (and ``extra`` table-only ones)."""
-        after = _row_values(snap(rec))
-        sets = {c: v for c, v, old in zip(COLS, after, _row_values(before)) if v != old}
+        after = _row_values(snap(rec), self.signer)
+        sets = {c: v for c, v, old in zip(COLS, after, _row_values(before, self.signer)) if v != old}
         sets.update(extra)
         if sets:
             t.con.execute(f"UPDATE tasks SET {', '.join(k + ' = ?' for k in sets)} WHERE seq = ?",
@@ -384,7 +380,7 @@ class SqliteDatabase:
     def _insert(self, t, rec, seq, values):
         rec.seq = seq
         try:
-            t.con.execute(INSERT, (*_row_values(snap(rec)), seq))
+            t.con.execute(INSERT, (*_row_values(snap(rec), self.signer), seq))
         except sqlite3.IntegrityError as err:
             if "tasks.id" not in str(err):
                 raise
@@ -409,6 +405,8 @@ class SqliteDatabase:
         if not isinstance(value, (bytes, bytearray, memoryview)):
             raise TypeError(f"the SQLite store keeps values as bytes (nbqueue.serializer), "
                             f"not {type(value).__name__}")
+        if self.signer is not None:
+            value = self.signer.sign(value)
         if len(value) <= BIG:
             return bytes(value)
         if not os.path.isdir(self._values):  # deleted by hand: made again, private
@@ -472,11 +470,18 @@ class SqliteDatabase:
                 if row is not None and row[0]:
                     files.append((kind, self._file(rec.id, kind)))
                 elif row is not None:
-                    setattr(rec, kind, row[1])
+                    setattr(rec, kind, self._opened(row[1], kind))
         if "output" in load:
             row = con.execute("SELECT text FROM outputs WHERE seq = ?", (rec.seq,)).fetchone()
             rec.output = "" if row is None else row[0]
         return files
+
+    def _record(self, row):
+        return record(row, self.signer)
+
+    def _opened(self, blob, kind):
+        """A stored value checked against the secret: its bytes, or ``signing.Rejected``."""
+        return blob if self.signer is None else self.signer.open(blob, kind)
 
     def _files_of(self, con, task_id, seq):
         """The value files of a record about to be deleted."""
@@ -488,7 +493,7 @@ class SqliteDatabase:
             try:
                 with open(path, "rb") as f:
                     check_private(path, os.fstat(f.fileno()), "600")
-                    setattr(rec, kind, f.read())
+                    setattr(rec, kind, self._opened(f.read(), kind))
             except FileNotFoundError:
                 raise NbqueueError(f"the {kind} of task {rec.id} is missing: its file {path!r} was "
                                    "deleted by something other than nbqueue") from None

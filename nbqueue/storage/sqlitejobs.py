@@ -6,17 +6,19 @@ import json
 import pickle
 import time
 
+from .. import serializer
 from ..records import JobRecord
 from ..states import PENDING
 from .base import check_job_fields
 from .sqlitedb import VALUE_KINDS, Big, unlink
 
 
-def _load_job(name, data):
+def _load_job(name, data, signer=None):
     """The stored job, or a paused stand-in saying why it cannot be read (written by
-    another version, damaged): one bad job never breaks the others or a dashboard."""
+    another version, damaged, unsigned or forged): one bad job never breaks the
+    others or a dashboard, and a planted one never runs."""
     try:
-        return pickle.loads(data)
+        return serializer.loads(data if signer is None else signer.open(data, "periodic job"))
     except Exception as err:
         return JobRecord(name=name, schedule="(unreadable)", paused=True, errors=1,
                          last_error=f"the stored job could not be read ({type(err).__name__}: "
@@ -26,13 +28,15 @@ def _load_job(name, data):
 class SqliteJobs:
     def _job(self, con, name):
         row = con.execute("SELECT data FROM jobs WHERE name = ?", (name,)).fetchone()
-        return None if row is None else _load_job(name, row[0])
+        return None if row is None else _load_job(name, row[0], self.signer)
 
     def _put(self, t, job):
-        t.con.execute("INSERT OR REPLACE INTO jobs VALUES (?, ?)", (job.name, pickle.dumps(job)))
+        data = pickle.dumps(job)
+        t.con.execute("INSERT OR REPLACE INTO jobs VALUES (?, ?)",
+                      (job.name, data if self.signer is None else self.signer.sign(data)))
 
     def jobs(self):
-        return {name: _load_job(name, data) for name, data in self._all("SELECT name, data FROM jobs")}
+        return {name: _load_job(name, data, self.signer) for name, data in self._all("SELECT name, data FROM jobs")}
 
     def get_job(self, name):
         with self._guard():

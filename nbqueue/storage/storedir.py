@@ -166,3 +166,11 @@ class WriteLock:
         if self._fd is not None and self._pid == os.getpid():
             os.close(self._fd)
         self._fd = self._pid = None
+
+
+class Big:
+    """A value too big for the database, written to a temp file before the transaction."""
+    __slots__ = ("tmp",)
+
+    def __init__(self, tmp):
+        self.tmp = tmp

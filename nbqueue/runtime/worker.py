@@ -22,6 +22,7 @@ from . import capture, context, execute, procworker
 
 MIN_POLL = 0.002
 MIN_BEAT = 0.005  # the heartbeat never spins, whatever a task's deadline says
+OUTCOME_PATIENCE = 300.0  # seconds a finished run's outcome waits for an unreachable store
 
 
 class WorkerPool:
@@ -115,6 +116,7 @@ class WorkerPool:
         poll = MIN_POLL
         rec = None
         looked_at = None  # the store's work sequence number before our last look found nothing
+        failing = False   # the last claim raised
         me = threading.current_thread()
         child = None
         if self.kind == "process":
@@ -139,8 +141,11 @@ class WorkerPool:
                     looked_at = store.work_seq
                     try:
                         rec = store.claim(self.worker_id, self.lease)
-                    except Exception:  # a store hiccup (disk full, locked) must not kill the worker
-                        self.state.log("claim failed", sys.exc_info())
+                        failing = False
+                    except Exception:  # a store hiccup (disk full, locked, server gone) must not kill the worker
+                        if not failing:  # once per outage; then quietly with backoff
+                            self.state.log("claim failed; trying again with backoff", sys.exc_info())
+                        failing = True
                         time.sleep(poll)
                         poll = min(poll * 2, store.max_poll)
                         looked_at = None
@@ -198,8 +203,7 @@ class WorkerPool:
             return None  # handed back (``hand_back``): this run's outcome is not written
         want_next = bool(claim_next and claim_next())
         # Not finished: our lease ran out and the task was requeued; its new run owns it.
-        finished, nxt = self.store.finish_and_claim(
-            rec.id, self.worker_id, status, self.lease if want_next else None, **fields)
+        finished, nxt = self._write_outcome(rec, status, want_next, fields)
         if finished and self.listener is not None:
             self.listener("end", rec, status, fields)
         if want_next and nxt is None:
@@ -207,6 +211,25 @@ class WorkerPool:
         if finished and status in FINISHED:
             state.task_finished(rec.id)
         return nxt
+
+    def _write_outcome(self, rec, status, want_next, fields):
+        """``finish_and_claim``, tried again with backoff while the store's server
+        cannot be reached (a ConnectionError) for up to OUTCOME_PATIENCE seconds: a
+        finished run's outcome is kept, not lost, through a short outage. Then the
+        error is raised (the lease brings the task back)."""
+        delay, give_up = 0.05, time.monotonic() + OUTCOME_PATIENCE
+        while True:
+            try:
+                return self.store.finish_and_claim(
+                    rec.id, self.worker_id, status, self.lease if want_next else None, **fields)
+            except ConnectionError:
+                if self._abandoned or time.monotonic() + delay > give_up:
+                    raise
+                if delay == 0.05:
+                    self.state.log(f"the store is unreachable; keeping the outcome of task "
+                                   f"{rec.id} and trying again", sys.exc_info())
+                time.sleep(delay)
+                delay = min(delay * 2, 2.0)
 
     def _run_here(self, rec, ctx):
         """Run the call in this thread: ``(status, fields)``."""

@@ -84,6 +84,10 @@ class DiskMemo:
 
 
 def open_memo(store):
-    """The memo cache beside ``store``: on disk for a store directory, else in memory."""
+    """The memo cache beside ``store``: its own if it has one (Redis), on disk for
+    a store directory, else in memory."""
+    own = getattr(store, "open_memo", None)
+    if own is not None:
+        return own()
     directory = getattr(store, "directory", None)
     return DiskMemo(os.path.join(directory, "memo")) if directory else MemoryMemo()

@@ -123,6 +123,11 @@ class RedisStorage(RedisJobs, Storage):
         if add:
             self._events.listen()
 
+    def open_memo(self):
+        """Memoized results in this server, shared by every machine (``redismemo``)."""
+        from .redismemo import RedisMemo
+        return RedisMemo(self)
+
     def close(self):
         self._events.close()
         self._client.close()

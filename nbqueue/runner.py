@@ -92,7 +92,7 @@ def run_worker(q, workers=4, kind="thread", max_tasks=None, sidecar=False):
     store.beat_worker(worker, worker_info(q, pool, sidecar, started_at))
     scheduler.start()
     pool.start()
-    told = False
+    told = lost_store = False
     try:
         next_beat = 0.0
         while not stop["now"]:
@@ -110,8 +110,13 @@ def run_worker(q, workers=4, kind="thread", max_tasks=None, sidecar=False):
                 next_beat = time.monotonic() + BEAT
                 try:
                     seen = store.beat_worker(worker, worker_info(q, pool, sidecar, started_at))
+                    if lost_store:
+                        log.info("the store is reachable again")
+                    lost_store = False
                 except Exception:
-                    log.exception("could not register in the store")
+                    if not lost_store:  # once per outage; the workers retry with backoff
+                        log.exception("could not register in the store; trying again each second")
+                    lost_store = True
                     seen = {}
                 if seen.get("stop"):
                     stop["now" if seen.get("now") else "graceful"] = True

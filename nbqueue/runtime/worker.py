@@ -322,6 +322,7 @@ class WorkerPool:
         period = min(1.0, self.lease / 3)
         last_renew = time.monotonic()
         next_upkeep = wake_at = last_renew + period
+        failing = False
         while True:
             self._wake.wait(max(MIN_BEAT, wake_at - time.monotonic()))
             self._wake.clear()  # before looking: a cancel asked from now on wakes us again
@@ -343,8 +344,11 @@ class WorkerPool:
                 if now >= next_upkeep:
                     next_upkeep = now + period
                     last_renew = self._upkeep(running, now, last_renew)
+                failing = False
             except Exception:
-                self.state.log("heartbeat error", sys.exc_info())
+                if not failing:  # once while it lasts (a store's server gone for a while)
+                    self.state.log("heartbeat error", sys.exc_info())
+                failing = True
             wake_at = next_upkeep if soonest is None else min(next_upkeep, soonest)
 
     def _read_cancel_flags(self, running):

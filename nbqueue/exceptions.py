@@ -85,8 +85,9 @@ class PayloadRejected(NbqueueError):
 
 
 class StoreUnavailable(NbqueueError, ConnectionError):
-    """The store's server (Redis) cannot be reached. The message names it; the
-    call changed nothing that was not already committed."""
+    """The store's server (Redis) cannot be reached. The message names it. A
+    change the call asked for was made whole or not at all (if the server went
+    away mid-call, either may be true)."""
 
 
 class QueueClosed(NbqueueError, RuntimeError):

@@ -547,12 +547,12 @@ def test_requeue_expired_keeps_the_claim_of_a_worker_said_alive(store):
     claim_id(store, "w1", lease=10, now=T0)
     asked = []
 
-    def alive(worker):
-        asked.append(worker)
+    def alive(worker, task_id):
+        asked.append((worker, task_id))
         return True
 
     store.requeue_expired(now=T0 + 11, alive=alive)
-    assert asked == ["w1"]
+    assert asked == [("w1", r.id)]
     got = store.get(r.id)
     assert (got.status, got.worker, got.recoveries) == ("running", "w1", 0)
     assert got.lease_until > T0 + 11                         # extended
@@ -564,7 +564,7 @@ def test_requeue_expired_requeues_the_task_of_a_worker_said_gone(store):
     r = rec()
     store.add([r])
     claim_id(store, "w1", lease=10, now=T0)
-    assert store.requeue_expired(now=T0 + 11, alive=lambda w: False) == [r.id]
+    assert store.requeue_expired(now=T0 + 11, alive=lambda w, t: False) == [r.id]
     got = store.get(r.id)
     assert (got.status, got.worker, got.recoveries) == ("pending", None, 1)
 
@@ -573,8 +573,8 @@ def test_requeue_expired_with_alive_unsure_lets_the_lease_decide(store):
     r = rec()
     store.add([r])
     claim_id(store, "w1", lease=10, now=T0)
-    assert store.requeue_expired(now=T0 + 5, alive=lambda w: None) == []
-    assert store.requeue_expired(now=T0 + 11, alive=lambda w: None) == [r.id]
+    assert store.requeue_expired(now=T0 + 5, alive=lambda w, t: None) == []
+    assert store.requeue_expired(now=T0 + 11, alive=lambda w, t: None) == [r.id]
     assert store.status(r.id) == "pending"
 
 

@@ -108,12 +108,16 @@ class Scheduler:
 
     def _loop(self):
         store = self.store
+        failing = False
         while not self._stopping:
             seen = store.eta_seq
             try:
                 wait = self.tick()
+                failing = False
             except Exception:
-                self.state.log("scheduler error", sys.exc_info())
+                if not failing:  # once while it lasts (a store's server gone for a while)
+                    self.state.log("scheduler error", sys.exc_info())
+                failing = True
                 wait = ERROR_BACKOFF
             if store.shared:
                 wait = SHARED_POLL if wait is None else min(wait, SHARED_POLL)

@@ -227,7 +227,13 @@ class QueueState:
                             f"or dropped by retention ({how})")
 
     # ---- upkeep, from the heartbeat -------------------------------------------
-    def alive(self, worker):
+    def alive(self, worker, task_id=None):
+        """Whether ``worker`` still runs ``task_id`` (``Storage.requeue_expired``):
+        for this process's own claims, whether one of its workers runs it: a claim
+        whose reply was lost on the way (a store's server gone mid-call) is held in
+        our name by no one, and must not be kept for ever."""
+        if worker == self.worker_id and task_id is not None:
+            return task_id in self.running
         return holder_alive(worker)
 
     def housekeeping(self, now=None):

@@ -22,6 +22,7 @@ from . import capture, context, execute, procworker
 
 MIN_POLL = 0.002
 MIN_BEAT = 0.005  # the heartbeat never spins, whatever a task's deadline says
+ORPHAN_AGE = 1.0  # seconds a claim of ours must be old before it counts as lost in transit
 OUTCOME_PATIENCE = 300.0  # seconds a finished run's outcome waits for an unreachable store
 
 
@@ -53,6 +54,10 @@ class WorkerPool:
         self._heartbeat = None
         self._look_now = False  # a cancel was asked elsewhere: read the flags at once
         self._abandoned = False  # hand_back() gave the running tasks back: write nothing
+        # A store call failed: a claim may have been made whose reply never came
+        # (``_hand_back_orphans`` looks once the store answers again).
+        self._orphans_possible = False
+        self._writing = set()  # ids of ended runs whose outcome is being written (renewed)
 
     @property
     def size(self):
@@ -145,7 +150,7 @@ class WorkerPool:
                     except Exception:  # a store hiccup (disk full, locked, server gone) must not kill the worker
                         if not failing:  # once per outage; then quietly with backoff
                             self.state.log("claim failed; trying again with backoff", sys.exc_info())
-                        failing = True
+                        failing = self._orphans_possible = True
                         time.sleep(poll)
                         poll = min(poll * 2, store.max_poll)
                         looked_at = None
@@ -196,10 +201,12 @@ class WorkerPool:
             else:
                 status, fields = self._run_in_child(rec, ctx, child)
         finally:
+            self._writing.add(rec.id)  # before it leaves running: never taken for an orphan
             ctx.end()
             state.running.pop(rec.id, None)
         fields.update(ctx.final_fields())
         if self._abandoned:
+            self._writing.discard(rec.id)
             return None  # handed back (``hand_back``): this run's outcome is not written
         want_next = bool(claim_next and claim_next())
         # Not finished: our lease ran out and the task was requeued; its new run owns it.
@@ -218,12 +225,16 @@ class WorkerPool:
         finished run's outcome is kept, not lost, through a short outage. Then the
         error is raised (the lease brings the task back)."""
         delay, give_up = 0.05, time.monotonic() + OUTCOME_PATIENCE
-        while True:
+        while True:  # (rec.id is in _writing: its lease is renewed meanwhile)
             try:
-                return self.store.finish_and_claim(
+                outcome = self.store.finish_and_claim(
                     rec.id, self.worker_id, status, self.lease if want_next else None, **fields)
+                self._writing.discard(rec.id)
+                return outcome
             except ConnectionError:
+                self._orphans_possible = True
                 if self._abandoned or time.monotonic() + delay > give_up:
+                    self._writing.discard(rec.id)
                     raise
                 if delay == 0.05:
                     self.state.log(f"the store is unreachable; keeping the outcome of task "
@@ -309,6 +320,7 @@ class WorkerPool:
     def _fail_unhandled(self, rec, exc):
         # Don't leave the task running under a lease we keep renewing forever.
         self.state.running.pop(rec.id, None)
+        self._writing.discard(rec.id)
         try:
             if self.store.finish(rec.id, self.worker_id, FAILED, error=self.state.describe(exc)):
                 self.state.task_finished(rec.id)
@@ -348,8 +360,23 @@ class WorkerPool:
             except Exception:
                 if not failing:  # once while it lasts (a store's server gone for a while)
                     self.state.log("heartbeat error", sys.exc_info())
-                failing = True
+                failing = self._orphans_possible = True
             wake_at = next_upkeep if soonest is None else min(next_upkeep, soonest)
+
+    def _hand_back_orphans(self):
+        """Give back to pending the tasks claimed in our name that none of our
+        workers runs: the reply to their claim was lost with the connection. A
+        read of the running tasks (as many as there are busy workers), done only
+        after a store call failed."""
+        for rec in self.store.page(status=RUNNING, limit=None):
+            if rec.worker == self.worker_id and rec.id not in self.state.running \
+                    and rec.id not in self._writing \
+                    and rec.started_at is not None and rec.started_at < time.time() - ORPHAN_AGE:
+                self.store.finish(rec.id, self.worker_id, PENDING,
+                                  message="handed back: the reply to its claim was lost "
+                                          "(the store could not be reached)")
+        self._orphans_possible = False
+        self._writing = set()  # ids of ended runs whose outcome is being written (renewed)
 
     def _read_cancel_flags(self, running):
         for tid, ctx in running.items():
@@ -363,11 +390,14 @@ class WorkerPool:
         """Renew leases (learning of cancels asked elsewhere), write quiet tasks'
         progress, requeue tasks whose worker died, housekeeping. Returns when the
         leases were last renewed."""
-        if running and now - last_renew >= self.lease / 3 - 0.01:
+        if self._orphans_possible:
+            self._hand_back_orphans()
+        writing = list(self._writing)
+        if (running or writing) and now - last_renew >= self.lease / 3 - 0.01:
             last_renew = now
-            held = self.store.renew(list(running), self.worker_id, self.lease)
+            held = self.store.renew(list(running) + writing, self.worker_id, self.lease)
             for tid, cancel in held.items():
-                if cancel:
+                if cancel and tid in running:
                     running[tid].request_cancel()
         elif running and self.store.shared:
             # A cancel asked in another process, learnt within a second (a read, not

@@ -225,8 +225,8 @@ class Storage(Signals):
     def requeue_expired(self, now=None, max_recoveries=1, alive=None) -> list:
         """Running tasks whose lease ended go back to pending at the front of their
         priority (``recoveries + 1``), or fail with ``WorkerLost`` once lost more
-        than ``max_recoveries`` times. ``alive(worker)`` may say a holder is still
-        running (True: keep its claim), is gone (False) or cannot tell (None: the
+        than ``max_recoveries`` times. ``alive(worker, task_id)`` may say a holder is still
+        running it (True: keep its claim), is gone (False) or cannot tell (None: the
         lease decides). Returns the ids handled.
         """
         raise NotImplementedError

@@ -262,7 +262,7 @@ class MemoryStorage(MemoryJobs, Storage):
             self._drain()
             expired = [rec for rec in self._running.values() if rec.lease_until < now]
         for rec in expired:
-            verdict = alive(rec.worker) if alive is not None else None
+            verdict = alive(rec.worker, rec.id) if alive is not None else None
             with self._mutex:
                 self._drain()
                 if self._running.get(rec.id) is not rec or rec.lease_until >= now:

@@ -242,7 +242,7 @@ class RedisStorage(RedisJobs, Storage):
 
     def _verdict(self, task_id, worker, recoveries, name, until, now, max_recoveries, alive):
         """The REQUEUE script's arguments for one lapsed claim."""
-        if alive is not None and alive(worker):  # alive but not renewing: keep its claim
+        if alive is not None and alive(worker, task_id):  # alive but not renewing: keep its claim
             return [task_id, worker, str(recoveries), "keep", _repr(now + ALIVE_RECHECK), ""]
         why = f"its worker {worker} died while running it (lease ended {now - until:.1f}s ago)"
         if recoveries < max_recoveries:

@@ -46,9 +46,13 @@ def connect(url):
     """A redis-py client for ``url`` (password, TLS and database from the URL).
     Raises ValueError for a URL redis-py cannot read."""
     redis = import_redis()
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
     try:
+        # No silent retries: a script sent again after a lost reply would run twice
+        # (two claims, two adds). A lost reply raises; our callers decide.
         return redis.Redis.from_url(url, socket_connect_timeout=5, socket_keepalive=True,
-                                    health_check_interval=15)
+                                    health_check_interval=15, retry=Retry(NoBackoff(), 0))
     except ValueError as err:
         raise ValueError(f"storage={safe_url(url)!r} is not a Redis URL redis-py can use "
                          f"({err}); write redis://[:password@]host:port/db or rediss:// for TLS") from None
@@ -57,7 +61,9 @@ def connect(url):
 def unavailable(url, err):
     return StoreUnavailable(f"cannot reach the Redis store at {safe_url(url)} "
                             f"({type(err).__name__}: {err}); is redis-server running there? "
-                            "Nothing was changed by this call.")
+                            "A change this call asked for was made whole or not at all: if "
+                            "the server went away mid-call, look before doing it again "
+                            "(q.result(task_id).status)")
 
 
 def translating(names):

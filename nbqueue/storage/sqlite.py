@@ -287,7 +287,7 @@ class SqliteStorage(SqliteJobs, SqliteDatabase, Storage):
         expired = self._all("SELECT id, worker, lease FROM tasks" + LEASED +
                             " AND lease_until < ? ORDER BY lease_until", (now,))
         # alive() may be slow (it may look at processes): ask before taking the lock.
-        verdicts = {w: alive(w) for w in {w for _, w, _ in expired}} if alive is not None else {}
+        verdicts = {(i, w): alive(w, i) for i, w, _ in expired} if alive is not None else {}
         handled, ended, released = [], [], 0
         with self._txn() as t:
             for task_id, worker, lease in expired:
@@ -295,7 +295,7 @@ class SqliteStorage(SqliteJobs, SqliteDatabase, Storage):
                 if rec is None or rec.status != RUNNING or rec.worker != worker \
                         or rec.lease_until >= now:
                     continue  # finished or renewed meanwhile
-                if verdicts.get(worker) is True:  # alive but not renewing: keep its claim
+                if verdicts.get((task_id, worker)) is True:  # alive but not renewing: keep its claim
                     t.con.execute("UPDATE tasks SET lease_until = ? WHERE id = ?",
                                   (now + (lease or 30.0), task_id))
                     continue

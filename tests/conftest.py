@@ -13,6 +13,7 @@ task that still waits.
 """
 
 import collections
+import os
 import threading
 import time
 import uuid
@@ -170,3 +171,47 @@ def iopub_until_idle(kc, msg_id, timeout=120):
         if (msg["parent_header"].get("msg_id") == msg_id and msg["msg_type"] == "status"
                 and msg["content"]["execution_state"] == "idle"):
             return msgs
+
+
+# ---- a real redis-server for the Redis store's tests ----------------------------------
+def _redis_server_or_skip():
+    """Skip (or, with NBQUEUE_REDIS_TESTS=required as in CI, fail) without redis-server."""
+    import redisserver
+    missing = []
+    if redisserver.redis_server_path() is None:
+        missing.append("redis-server is not on the PATH (Debian: apt-get install redis-server)")
+    try:
+        import redis  # noqa: F401
+    except ImportError:
+        missing.append("redis-py is not installed (pip install -e '.[test]')")
+    if missing:
+        reason = "; ".join(missing)
+        if os.environ.get("NBQUEUE_REDIS_TESTS") == "required":
+            pytest.fail(f"NBQUEUE_REDIS_TESTS=required but {reason}", pytrace=False)
+        pytest.skip(reason)
+    return redisserver
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory):
+    """One ``redisserver.RedisServer`` for the session (append-only, fsync always), in a
+    temporary directory; stopped at the end. A test that stops or kills it gets it back
+    through ``redis_url``; a test that restarts it must do so on the same port
+    (``restart()``), or use a server of its own."""
+    redisserver = _redis_server_or_skip()
+    server = redisserver.RedisServer(tmp_path_factory.mktemp("redis-server"))
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def redis_url(redis_server):
+    """The session server's URL (``redis://127.0.0.1:PORT/0``), emptied (FLUSHALL) first."""
+    if not redis_server.ping():
+        if redis_server.running:
+            redis_server.kill()
+        redis_server.start()
+    with redis_server.client() as client:
+        client.flushall()
+    return redis_server.url

@@ -22,7 +22,7 @@ import time
 from ..exceptions import WorkerLost
 from ..serializer import describe_exception
 from ..states import FINISHED, PENDING, STATES, check_states
-from .base import Signals, Storage, check_load, check_progress_fields, check_run_end, not_found
+from .base import Storage, check_load, check_progress_fields, check_run_end, not_found
 from .rediscodec import CLAIMED, LIGHT, Codec
 from .redisconn import Events, connect, safe_url, translating
 from .redisjobs import RedisJobs
@@ -72,11 +72,11 @@ class RedisStorage(RedisJobs, Storage):
         self._client = connect(url)
         self._scripts = {name: self._client.register_script(src)
                          for name, src in sources(CLAIMED).items()}
-        self._events = Events(self._client, self.prefix + "events", {
-            b"w": lambda _: Signals.notify_work(self, WAKE_ALL),
-            b"d": lambda task: Signals.notify_done(self, task.decode() or None),
-            b"e": lambda _: Signals.notify_eta(self),
-            b"c": lambda _: self.notify_cancel()})
+        self._events = Events(self._client, self.prefix + "events:", {
+            "w": lambda n: self.notify_work(min(int(n or WAKE_ALL), WAKE_ALL)),
+            "d": lambda task: self.notify_done(task.decode() or None),
+            "e": lambda _: self.notify_eta(),
+            "c": lambda _: self.notify_cancel()})
 
     def __repr__(self):
         return f"RedisStorage({safe_url(self.url)!r}, {self.queue_name!r})"
@@ -87,41 +87,33 @@ class RedisStorage(RedisJobs, Storage):
     def _key(self, task_id):
         return f"{self.prefix}t:{task_id}"
 
-    # ---- wake-ups: in this process at once, and to every other through the channel
-    def _publish(self, event):
-        try:
-            self._client.publish(self.prefix + "events", event)
-        except Exception:  # a hint: with the server gone there is no one to wake
-            pass
-
-    def notify_work(self, n=1):
-        super().notify_work(n)
-        self._publish(b"w")
-
-    def notify_done(self, task_id=None):
-        super().notify_done(task_id)
-        self._publish(b"d" + (task_id or "").encode())
-
-    def notify_eta(self):
-        super().notify_eta()
-        self._publish(b"e")
-
+    # ---- wake-ups: the scripts publish them; each process listens to the kinds
+    # it waits for (a submitter never hears of work, a worker of finishes)
     def wait_for_work(self, seen_seq, timeout):
-        self._events.listen()
+        self._events.listen("w")
         super().wait_for_work(seen_seq, timeout)
 
     def wait_done(self, task_id, timeout=None):
-        self._events.listen()
-        return super().wait_done(task_id, timeout)
+        # Counted as a waiter first, so its finish is published (to waited tasks only).
+        self._events.listen("d")
+        if self._run("WAIT_ON", task_id) is None:
+            raise not_found(task_id)
+        try:
+            return super().wait_done(task_id, timeout)
+        finally:
+            try:
+                self._run("UNWAIT", task_id)
+            except Exception:  # the server is gone: the count goes with the task
+                pass
 
     def wait_for_eta(self, seen_seq, timeout):
-        self._events.listen()
+        self._events.listen("e")
         super().wait_for_eta(seen_seq, timeout)
 
     def on_cancel(self, fn, add=True):
         super().on_cancel(fn, add)
         if add:
-            self._events.listen()
+            self._events.listen("c", wait=0)
 
     def open_memo(self):
         """Memoized results in this server, shared by every machine (``redismemo``)."""
@@ -155,7 +147,7 @@ class RedisStorage(RedisJobs, Storage):
                 raise ValueError(f"task id {rec.id!r} is given twice")
             seen.add(rec.id)
         try:
-            first = self._queue_add(None, records)
+            first, eta_moved = self._queue_add(None, records)
         except Exception as err:
             if str(err).startswith("DUPLICATE "):
                 raise ValueError(f"task id {str(err)[10:]!r} is already in the store") from None
@@ -164,13 +156,13 @@ class RedisStorage(RedisJobs, Storage):
             rec.seq = first + i
         ready = sum(r.status == PENDING for r in records)
         if ready:
-            Signals.notify_work(self, ready)
-        if any(r.eta is not None for r in records):
-            Signals.notify_eta(self)
+            self.notify_work(ready)
+        if eta_moved:  # the scheduler sleeps until the earliest eta
+            self.notify_eta()
 
     def _queue_add(self, client, records):
         """Run the ADD script for ``records`` on ``client`` (None: at once; or a
-        pipeline). Returns the first seq (at once) or the pipeline."""
+        pipeline). Returns ``[first seq, eta moved]`` (at once) or the pipeline."""
         args = [len(records)]
         for rec in records:
             pairs = self._codec.pairs(rec, CLAIMED, skip=("seq",))
@@ -190,7 +182,9 @@ class RedisStorage(RedisJobs, Storage):
         now = time.time() if now is None else now
         if status == PENDING:
             fields["eta"] = None
-        pairs, dels = [], []
+        pairs, dels = ["status", status], ["worker", "lease_until"]
+        if status in FINISHED:
+            pairs += ("finished_at", _repr(now))
         for name, value in fields.items():
             text = self._codec.encode(name, value)
             if text is None:
@@ -203,9 +197,9 @@ class RedisStorage(RedisJobs, Storage):
         finished = reply[0] == 1
         if finished:
             if status in FINISHED:
-                Signals.notify_done(self)
+                self.notify_done()
             elif status == PENDING:
-                Signals.notify_work(self)
+                self.notify_work()
         return finished, self._claimed(reply[1:])
 
     def renew(self, task_ids, worker, lease, now=None):
@@ -235,8 +229,8 @@ class RedisStorage(RedisJobs, Storage):
             done = [i.decode() for i in self._run("REQUEUE", *args)] if len(args) > 1 else []
             handled += done
             if done:
-                Signals.notify_work(self, len(done))
-                Signals.notify_done(self)
+                self.notify_work(len(done))
+                self.notify_done()
             if len(lapsed) < BATCH:
                 return handled
 
@@ -260,7 +254,7 @@ class RedisStorage(RedisJobs, Storage):
             if looked < BATCH:
                 break
         if moved:
-            Signals.notify_work(self, moved)
+            self.notify_work(moved)
         return moved
 
     def next_eta(self):
@@ -273,7 +267,7 @@ class RedisStorage(RedisJobs, Storage):
         if outcome == -1:
             raise not_found(task_id)
         if outcome == 1:
-            Signals.notify_done(self)
+            self.notify_done()
         return outcome > 0
 
     def get(self, task_id, load=()):

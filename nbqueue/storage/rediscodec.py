@@ -21,6 +21,8 @@ FLOATS = frozenset(("created_at", "eta", "expires_at", "started_at", "finished_a
                     "retry_backoff", "timeout", "lease_until", "progress_done", "progress_total"))
 FLAGS = frozenset(("has_prev", "cancel_requested", "cached"))
 SIGNED = frozenset(("payload", "result", "prev"))
+DEFAULTS = {f.name: f.default for f in dataclasses.fields(TaskRecord)
+            if f.default is not dataclasses.MISSING}
 
 
 class Codec:
@@ -55,14 +57,14 @@ class Codec:
         return json.dumps(error, default=str)
 
     def pairs(self, record, names, skip=()):
-        """``[name, text, ...]`` of the fields of ``record`` that are not None."""
+        """``[name, text, ...]`` of the fields of a new ``record`` that differ from
+        their defaults (an absent field reads back as its default)."""
         out = []
         for name in names:
-            if name in skip:
+            value = getattr(record, name)
+            if name in skip or value is None or value == DEFAULTS.get(name, not value):
                 continue
-            value = self.encode(name, getattr(record, name))
-            if value is not None:
-                out += (name, value)
+            out += (name, self.encode(name, value))
         return out
 
     def decode(self, names, values):

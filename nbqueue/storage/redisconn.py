@@ -87,58 +87,81 @@ def translating(names):
 
 
 class Events:
-    """One pub/sub subscription per store and process, in a daemon thread, that
-    calls ``handlers[first byte](rest)`` for each message on ``channel``. A
-    connection lost is retried with backoff; after each (re)subscription every
-    handler is called once, as something may have been missed meanwhile."""
+    """One pub/sub connection per store and process, read by a daemon thread:
+    a message on channel ``prefix + kind`` calls ``handlers[kind](data)``. A kind
+    is subscribed to when first asked for (``listen``), so a process hears only
+    what it waits for. A connection lost is retried with backoff; after each
+    (re)subscription a kind's handler is called once with ``b""``, as something
+    may have been missed meanwhile."""
 
     IDLE_WAKE = 1.0   # seconds: how often the thread looks whether it should stop
 
-    def __init__(self, client, channel, handlers):
-        self._client, self._channel, self._handlers = client, channel, handlers
+    def __init__(self, client, prefix, handlers):
+        self._client, self._prefix, self._handlers = client, prefix, handlers
+        self._kinds = {(prefix + kind).encode(): kind for kind in handlers}
+        self._wanted = set()
+        self._confirmed = {kind: threading.Event() for kind in handlers}
+        self._pubsub = None
         self._thread = None
         self._closed = False
-        self._subscribed = threading.Event()
-        self._start_lock = threading.Lock()
+        self._lock = threading.Lock()
 
-    def listen(self, wait=1.0):
-        """Start listening if not yet; wait up to ``wait`` s for the subscription
-        (a message published before it cannot be seen)."""
-        if self._thread is None:
-            with self._start_lock:
-                if self._thread is None and not self._closed:
-                    self._thread = threading.Thread(target=self._run, name="nbqueue-redis-events",
-                                                    daemon=True)
-                    self._thread.start()
-        self._subscribed.wait(wait)
+    def listen(self, kind, wait=1.0):
+        """Hear ``kind`` from now on; wait up to ``wait`` s until the server has
+        confirmed it (a message published before that is not heard)."""
+        if kind not in self._wanted:
+            with self._lock:
+                if kind not in self._wanted and not self._closed:
+                    self._wanted.add(kind)
+                    if self._thread is None:
+                        self._thread = threading.Thread(target=self._run, daemon=True,
+                                                        name="nbqueue-redis-events")
+                        self._thread.start()
+                    elif self._pubsub is not None:
+                        try:  # sent from this thread; the listener reads the confirmation
+                            self._pubsub.subscribe(self._prefix + kind)
+                        except Exception:  # the listener reconnects and subscribes it
+                            pass
+        if wait:
+            self._confirmed[kind].wait(wait)
 
     def _run(self):
         backoff = 0.05
         while not self._closed:
-            pubsub = self._client.pubsub(ignore_subscribe_messages=True)
+            pubsub = None
             try:
-                pubsub.subscribe(self._channel)
-                self._subscribed.set()
-                for handler in self._handlers.values():
-                    handler(b"")
+                with self._lock:
+                    self._pubsub = pubsub = self._client.pubsub()
+                    pubsub.subscribe(*(self._prefix + kind for kind in self._wanted))
                 backoff = 0.05
                 while not self._closed:
                     message = pubsub.get_message(timeout=self.IDLE_WAKE)
-                    if message is not None and message.get("type") == "message":
-                        data = message["data"]
-                        handler = self._handlers.get(data[:1])
-                        if handler is not None:
-                            handler(data[1:])
+                    if message is not None:
+                        self._dispatch(message)
             except Exception as err:  # the server went away: try again, never die
-                self._subscribed.clear()
+                for confirmed in self._confirmed.values():
+                    confirmed.clear()
                 log.debug("event subscription lost (%s); retrying in %.2f s", err, backoff)
                 time.sleep(backoff)
                 backoff = min(backoff * 2, 2.0)
             finally:
-                try:
-                    pubsub.close()
-                except Exception:
-                    pass
+                with self._lock:
+                    self._pubsub = None
+                if pubsub is not None:
+                    try:
+                        pubsub.close()
+                    except Exception:
+                        pass
+
+    def _dispatch(self, message):
+        kind = self._kinds.get(message.get("channel"))
+        if kind is None:
+            return
+        if message["type"] == "subscribe":
+            self._confirmed[kind].set()
+            self._handlers[kind](b"")
+        elif message["type"] == "message":
+            self._handlers[kind](message["data"])
 
     def close(self):
         self._closed = True

@@ -13,7 +13,7 @@ import logging
 import pickle
 import time
 
-from .base import Signals, check_job_fields
+from .base import check_job_fields
 from .redisconn import import_redis
 
 WatchError = import_redis().WatchError
@@ -74,6 +74,7 @@ class RedisJobs:
             if old is not None:
                 job.take_over(old)
             pipe.hset(self._jobs_key(), job.name, self._dump_job(job))
+            pipe.publish(self.prefix + "events:e", "")  # other schedulers look again
             return job
         self._change_job(job.name, change)
         self.notify_eta()
@@ -88,6 +89,7 @@ class RedisJobs:
             for key, value in fields.items():
                 setattr(job, key, value)
             pipe.hset(self._jobs_key(), name, self._dump_job(job))
+            pipe.publish(self.prefix + "events:e", "")
             return job
         job = self._change_job(name, change)
         if job is not None:
@@ -95,7 +97,10 @@ class RedisJobs:
         return job
 
     def remove_job(self, name):
-        found = self._client.hdel(self._jobs_key(), name) == 1
+        pipe = self._client.pipeline(transaction=True)
+        pipe.hdel(self._jobs_key(), name)
+        pipe.publish(self.prefix + "events:e", "")
+        found = pipe.execute()[0] == 1
         if found:
             self.notify_eta()
         return found
@@ -123,7 +128,7 @@ class RedisJobs:
         fired = self._change_job(name, change, watch)
         if fired and run is not None:
             run.seq = int(self._client.hget(self._key(run.id), "seq"))
-            Signals.notify_work(self)
+            self.notify_work()
         return fired
 
     # ---- the scheduler lock -------------------------------------------------------

@@ -16,8 +16,10 @@ Keys under the prefix:
   ``running``: claims by lease end; ``fin:<state>``: finished ones by
   finished_at; ``exp``: tasks with an expiry, by it;
 - ``jobs``, ``lock``, ``workers`` and ``w:<worker>`` (``redisjobs``);
-- channel ``events``: ``w`` work is ready, ``d<id>`` a task finished, ``e`` an
-  eta moved, ``c`` a running task was asked to cancel (hints, ``redisevents``).
+- channels ``events:w`` (work is ready: how many), ``events:d`` (a task someone
+  waits on finished: its id; ``waited`` counts the waiters per id), ``events:e``
+  (an eta moved), ``events:c`` (a running task was asked to cancel): hints
+  (``redisconn.Events``).
 """
 
 PRELUDE = r"""
@@ -29,26 +31,52 @@ local RECORD = {%(fields)s}
 
 local function tkey(id) return K .. 't:' .. id end
 
-local function publish(event) redis.call('PUBLISH', K .. 'events', event) end
+-- Wake-ups (hints): ``w`` with how many became ready, ``e``, ``c``; ``d`` with the
+-- id, and only for a task someone waits on (``waited``, see WAIT_ON).
+local function publish(kind, data) redis.call('PUBLISH', K .. 'events:' .. kind, data or '') end
+-- Schedulers sleep until the earliest eta: wake them only for an earlier one.
+local function earliest_eta()
+  local top = redis.call('ZRANGE', K .. 'etas', 0, 0, 'WITHSCORES')
+  return top[2] and tonumber(top[2])
+end
 
-local function move(id, name, seq, old, new)
+local function wait_for(id, eta, was)
+  redis.call('ZADD', K .. 'etas', eta, id)
+  if not was or tonumber(eta) < was then
+    publish('e')
+    return 1
+  end
+  return 0
+end
+
+local function done(id)
+  if redis.call('HDEL', K .. 'waited', id) == 1 then publish('d', id) end
+end
+
+-- The state indexes and counters follow a move from ``old`` to ``new`` (the
+-- caller writes the status field); ``move`` writes it too.
+local function reindex(id, name, seq, old, new)
   redis.call('ZREM', K .. 's:' .. old, id)
   redis.call('ZADD', K .. 's:' .. new, seq, id)
   redis.call('ZREM', K .. 'n:' .. old .. ':' .. name, id)
   redis.call('ZADD', K .. 'n:' .. new .. ':' .. name, seq, id)
   redis.call('HINCRBY', K .. 'counts', old, -1)
   redis.call('HINCRBY', K .. 'counts', new, 1)
+end
+
+local function move(id, name, seq, old, new)
+  reindex(id, name, seq, old, new)
   redis.call('HSET', tkey(id), 'status', new)
 end
 
 local function make_ready(id, priority, qseq)
-  redis.call('ZADD', K .. 'ready', string.format('%%.0f', -tonumber(priority) * BAND + qseq), id)
+  redis.call('ZADD', K .. 'ready', string.format('%%.0f', -tonumber(priority or 0) * BAND + qseq), id)
 end
 
 local function ended(id, status, now)
   redis.call('HSET', tkey(id), 'finished_at', now)
   redis.call('ZADD', K .. 'fin:' .. status, now, id)
-  publish('d' .. id)
+  done(id)
 end
 
 -- A task leaves its queue (ready, etas or running) and ends cancelled.
@@ -90,32 +118,29 @@ local function after_finish(id, now)
 end
 
 -- Take the next ready task for ``worker``; a task past its expiry is cancelled
--- on the way. Returns its id or nil.
+-- on the way. Returns its RECORD fields as they are now, or {}.
 local function claim(worker, lease_until, now)
   while true do
-    local top = redis.call('ZRANGE', K .. 'ready', 0, 0)
-    local id = top[1]
-    if not id then return nil end
-    redis.call('ZREM', K .. 'ready', id)
-    local t = redis.call('HMGET', tkey(id), 'status', 'name', 'seq', 'expires_at')
-    if t[1] == 'pending' then
-      if t[4] and tonumber(t[4]) <= tonumber(now) then
-        cancel_now(id, t[2], t[3], 'pending', now, 'expired before it started')
+    local id = redis.call('ZPOPMIN', K .. 'ready')[1]
+    if not id then return {} end
+    local r = redis.call('HMGET', tkey(id), unpack(RECORD))
+    if r[%(status)d] == 'pending' then
+      local name, seq, expires = r[%(name)d], r[%(seq)d], r[%(expires_at)d]
+      if expires and tonumber(expires) <= tonumber(now) then
+        cancel_now(id, name, seq, 'pending', now, 'expired before it started')
         after_finish(id, now)
       else
-        move(id, t[2], t[3], 'pending', 'running')
-        redis.call('HINCRBY', tkey(id), 'attempts', 1)
-        redis.call('HSET', tkey(id), 'started_at', now, 'worker', worker, 'lease_until', lease_until)
+        local attempts = tostring(tonumber(r[%(attempts)d] or '0') + 1)
+        reindex(id, name, seq, 'pending', 'running')
+        redis.call('HSET', tkey(id), 'status', 'running', 'attempts', attempts, 'started_at', now,
+                   'worker', worker, 'lease_until', lease_until)
         redis.call('ZADD', K .. 'running', lease_until, id)
-        return id
+        r[%(status)d], r[%(attempts)d], r[%(started_at)d] = 'running', attempts, now
+        r[%(worker)d], r[%(lease_until)d] = worker, lease_until
+        return r
       end
     end
   end
-end
-
-local function claimed(id)
-  if not id then return {} end
-  return redis.call('HMGET', tkey(id), unpack(RECORD))
 end
 
 local function drop(id)
@@ -127,13 +152,15 @@ local function drop(id)
     redis.call('ZREM', K .. k, id)
   end
   redis.call('HINCRBY', K .. 'counts', t[1], -1)
+  redis.call('HDEL', K .. 'waited', id)
   return 1
 end
 """
 
 # ARGV: n, then per record: id, name, status, priority, eta ('' none), expires_at
-# ('' none), number of field/value pairs, the pairs. Returns the first seq, or
-# an error reply naming the id already stored (nothing stored then).
+# ('' none), number of field/value pairs, the pairs. Returns {first seq, 1 if
+# the earliest eta moved}, or an error reply naming an id already stored
+# (nothing stored then).
 ADD = r"""
 local n = tonumber(ARGV[1])
 local i, recs, seen = 2, {}, {}
@@ -148,10 +175,10 @@ for r = 1, n do
   i = rec.first + 2 * rec.count
 end
 local first = redis.call('INCRBY', K .. 'seq', n) - n + 1
-local waiting, ready = 0, 0
+local ready, earliest, moved = 0, earliest_eta(), 0
 for r, rec in ipairs(recs) do
   local seq, key = first + r - 1, tkey(rec.id)
-  local fields = {'seq', seq}
+  local fields = {'seq', seq, 'id', rec.id, 'name', rec.name, 'status', rec.status}
   for j = rec.first, rec.first + 2 * rec.count - 1 do fields[#fields + 1] = ARGV[j] end
   redis.call('HSET', key, unpack(fields))
   redis.call('ZADD', K .. 'all', seq, rec.id)
@@ -164,53 +191,65 @@ for r, rec in ipairs(recs) do
     make_ready(rec.id, rec.priority, seq)
     ready = ready + 1
   elseif rec.eta ~= '' then
-    redis.call('ZADD', K .. 'etas', rec.eta, rec.id)
-    waiting = waiting + 1
+    moved = math.max(moved, wait_for(rec.id, rec.eta, earliest))
+    earliest = math.min(earliest or tonumber(rec.eta), tonumber(rec.eta))
   end
 end
-if ready > 0 then publish('w') end
-if waiting > 0 then publish('e') end
-return first
+if ready > 0 then publish('w', ready) end
+return {first, moved}
 """
 
 # ARGV: worker, lease_until, now. Returns the claimed record's RECORD fields, or {}.
 CLAIM = r"""
-return claimed(claim(ARGV[1], ARGV[2], ARGV[3]))
+return claim(ARGV[1], ARGV[2], ARGV[3])
 """
 
 # ARGV: id, worker, status, now, lease_until ('' : claim nothing), number of
-# field/value pairs, the pairs, number of fields to delete, their names.
+# field/value pairs (the new status and finished_at among them), the pairs,
+# number of fields to delete (worker and lease_until among them), their names.
 # Returns {1 or 0 (finished), RECORD fields of the next claim...}.
 FINISH = r"""
 local id, worker, status, now, lease_until = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 local key = tkey(id)
-local t = redis.call('HMGET', key, 'status', 'worker', 'name', 'seq', 'priority')
-local done = 0
+local t = redis.call('HMGET', key, 'status', 'worker', 'name', 'seq', 'priority', 'next_id')
+local finished = 0
 if t[1] == 'running' and t[2] == worker then
-  done = 1
+  finished = 1
   local count = tonumber(ARGV[6])
-  if count > 0 then redis.call('HSET', key, unpack(ARGV, 7, 6 + 2 * count)) end
+  redis.call('HSET', key, unpack(ARGV, 7, 6 + 2 * count))
   local d = 7 + 2 * count
-  local dels = tonumber(ARGV[d])
-  if dels > 0 then redis.call('HDEL', key, unpack(ARGV, d + 1, d + dels)) end
-  redis.call('HDEL', key, 'worker', 'lease_until')
+  redis.call('HDEL', key, unpack(ARGV, d + 1, d + tonumber(ARGV[d])))
   redis.call('ZREM', K .. 'running', id)
-  move(id, t[3], t[4], 'running', status)
+  reindex(id, t[3], t[4], 'running', status)
   if FINISHED[status] then
-    ended(id, status, now)
-    if after_finish(id, now) > 0 then publish('w') end
+    redis.call('ZADD', K .. 'fin:' .. status, now, id)
+    done(id)
+    if t[6] and after_finish(id, now) > 0 then publish('w', 1) end
   elseif status == 'retrying' then
-    redis.call('ZADD', K .. 'etas', redis.call('HGET', key, 'eta'), id)
-    publish('e')
+    wait_for(id, redis.call('HGET', key, 'eta'), earliest_eta())
   else
     redis.call('HDEL', key, 'eta')
     make_ready(id, t[5], tonumber(t[4]))
-    publish('w')
+    publish('w', 1)
   end
 end
 local nxt = {}
-if lease_until ~= '' then nxt = claimed(claim(worker, lease_until, now)) end
-return {done, unpack(nxt)}
+if lease_until ~= '' then nxt = claim(worker, lease_until, now) end
+return {finished, unpack(nxt)}
+"""
+
+# ARGV: id. Counts one more waiter on the task unless it has finished (a finish
+# then publishes ``d<id>``). Returns its status, or nil if there is no such task.
+WAIT_ON = r"""
+local status = redis.call('HGET', tkey(ARGV[1]), 'status')
+if status and not FINISHED[status] then redis.call('HINCRBY', K .. 'waited', ARGV[1], 1) end
+return status
+"""
+
+# ARGV: id. One waiter fewer (a finish may have cleared them all already).
+UNWAIT = r"""
+if redis.call('HINCRBY', K .. 'waited', ARGV[1], -1) <= 0 then redis.call('HDEL', K .. 'waited', ARGV[1]) end
+return 0
 """
 
 # ARGV: worker, lease_until, ids... Returns {id, cancel_requested, ...} of the
@@ -256,7 +295,7 @@ while i <= #ARGV do
         redis.call('HINCRBY', key, 'recoveries', 1)
         move(id, t[5], t[6], 'running', 'pending')
         make_ready(id, t[7], tonumber(t[6]) - HALF)
-        publish('w')
+        publish('w', 1)
       else
         redis.call('HSET', key, 'error', arg)
         move(id, t[5], t[6], 'running', 'failed')
@@ -283,7 +322,7 @@ for _, id in ipairs(due) do
     moved = moved + 1
   end
 end
-if moved > 0 then publish('w') end
+if moved > 0 then publish('w', moved) end
 return {moved, #due}
 """
 
@@ -403,6 +442,8 @@ SCRIPTS = {name: body for name, body in globals().items()
 
 def sources(fields):
     """``{name: Lua source}`` of every script, the prelude filled with the
-    record's field names (the order ``claimed`` returns them in)."""
-    prelude = PRELUDE % {"fields": ", ".join(f"'{f}'" for f in fields)}
+    record's field names (the order ``claim`` returns them in) and the place of
+    each in that list."""
+    prelude = PRELUDE % {"fields": ", ".join(f"'{f}'" for f in fields),
+                         **{f: i + 1 for i, f in enumerate(fields)}}
     return {name: prelude + body for name, body in SCRIPTS.items()}

@@ -157,13 +157,17 @@ class Result:
         ``timeout`` seconds pass first. With ``block=False`` returns None while
         the task has not finished (Huey's form).
         """
-        if block and not self.wait(timeout):
-            raise TimeoutError(
-                f"task {self.id} ({self.name}) still {self.status} after {timeout}s; "
-                "call get() again to keep waiting")
-        rec = self._record(("result",))
+        rec = self._record(("result",))  # one read when it has finished (the common case)
         if rec.status not in FINISHED:
-            return None
+            if not block:
+                return None
+            if not self.wait(timeout):
+                raise TimeoutError(
+                    f"task {self.id} ({self.name}) still {self.status} after {timeout}s; "
+                    "call get() again to keep waiting")
+            rec = self._record(("result",))
+        else:
+            self.queue.state.finished_elsewhere(self.id)
         return self.queue.state.outcome(rec)
 
     __call__ = get

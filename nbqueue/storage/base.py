@@ -137,17 +137,21 @@ class Signals:
             finally:
                 self._work_waiters -= 1
 
-    def wait_done(self, task_id, timeout=None) -> bool:
+    def wait_done(self, task_id, timeout=None, first_look=None) -> bool:
         """Block until the task has finished; False on timeout. Raises TaskNotFound.
 
         On a store shared with other processes (``shared``) it also polls, backing
         off from 1 ms to ``max_poll``: another process may finish the task.
+        ``first_look``: ``(done_seq, status)`` a caller already read, in that order.
         """
         deadline = None if timeout is None else time.monotonic() + timeout
         poll = 0.001
         while True:
-            seq = self.done_seq
-            status = self.status(task_id)
+            if first_look is not None:
+                (seq, status), first_look = first_look, None
+            else:
+                seq = self.done_seq
+                status = self.status(task_id)
             if status is None:
                 raise not_found(task_id)
             if status in FINISHED:

@@ -96,15 +96,23 @@ class RedisStorage(RedisJobs, Storage):
     def wait_done(self, task_id, timeout=None):
         # Counted as a waiter first, so its finish is published (to waited tasks only).
         self._events.listen("d")
-        if self._run("WAIT_ON", task_id) is None:
+        seq = self.done_seq
+        status = self._run("WAIT_ON", task_id)
+        if status is None:
             raise not_found(task_id)
+        status = status.decode()
+        if status in FINISHED:
+            return True  # not counted as a waiter
+        done = False
         try:
-            return super().wait_done(task_id, timeout)
+            done = super().wait_done(task_id, timeout, first_look=(seq, status))
+            return done
         finally:
-            try:
-                self._run("UNWAIT", task_id)
-            except Exception:  # the server is gone: the count goes with the task
-                pass
+            if not done:  # a finish clears the count itself
+                try:
+                    self._run("UNWAIT", task_id)
+                except Exception:  # the server is gone: the count goes with the task
+                    pass
 
     def wait_for_eta(self, seen_seq, timeout):
         self._events.listen("e")

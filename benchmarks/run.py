@@ -1,6 +1,6 @@
 """nbqueue benchmark: one command, every runner, the same no-op task, 4 workers.
 
-    python benchmarks/run.py [--quick] [--scale | --sidecar] [--json PATH]
+    python benchmarks/run.py [--quick] [--scale | --sidecar | --redis] [--json PATH]
 
 ``--scale`` runs only the scale benchmark (``benchmarks/scale.py``: each operation
 on a store of 25,000 records against one of 100, and the open time of a
@@ -12,6 +12,12 @@ run in thread and in process workers; a sidecar's round trip, and its
 throughput with 4 process workers against SqliteHuey's; and the crash test of
 ``benchmarks/crash.py``: a sidecar SIGKILLed three times mid-run); the default
 run and ``--quick`` run it too, after the periodic lateness.
+``--redis`` runs only the Redis store benchmark (``benchmarks/redisbench.py``:
+on one redis-server it starts, an ``nbqueue worker`` process against a RedisHuey
+consumer process, throughput and round trip, and the round trip and submit cost
+on an empty store against one of 5,000 scheduled and 20,000 finished records);
+the default run and ``--quick`` run it too, after the crash test, when
+``redis-server`` is on PATH (otherwise they print a note and skip it).
 
 Runners, measured one after another in this process:
 
@@ -70,6 +76,8 @@ throughput (4 process workers) >= SqliteHuey's.
 Scale (the issue): on both stores each of submit, schedule, cancel, claim+finish,
 ``q.tasks(limit=50)`` and a dashboard refresh within 2x of its cost on a store of
 100 records; a store of 100,000 records opens in under a second.
+Redis: nbqueue throughput >= 2x RedisHuey's; round trip p50 < 2 ms; round trip
+and submit p50 on the loaded store within 2x of the empty one's.
 """
 
 import argparse
@@ -92,6 +100,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import scale  # noqa: E402 -- benchmarks/scale.py, beside this file
 import crash  # noqa: E402 -- benchmarks/crash.py, beside this file
 import sidecar  # noqa: E402 -- benchmarks/sidecar.py, beside this file
+import redisbench  # noqa: E402 -- benchmarks/redisbench.py, beside this file
 
 WORKERS = 4
 
@@ -331,14 +340,18 @@ def main(argv=None):
                     help="only the scale benchmark (benchmarks/scale.py)")
     ap.add_argument("--sidecar", action="store_true",
                     help="only the process-worker and sidecar benchmark (benchmarks/sidecar.py)")
+    ap.add_argument("--redis", action="store_true",
+                    help="only the Redis store benchmark (benchmarks/redisbench.py)")
     ap.add_argument("--json", metavar="PATH", help="also write the results as JSON to PATH")
     args = ap.parse_args(argv)
-    if args.scale and args.sidecar:
-        ap.error("--scale and --sidecar each run one part only: give one of them")
+    if args.scale + args.sidecar + args.redis > 1:
+        ap.error("--scale, --sidecar and --redis each run one part only: give one of them")
     if args.scale:
         return scale_only(args)
     if args.sidecar:
         return sidecar_only(args)
+    if args.redis:
+        return redis_only(args, ap)
     cfg = argparse.Namespace(tasks=500, round_trips=100, rt_budget=1.0, delayed=50, idle=1.0,
                              periodic=5.0, progress=200_000) \
         if args.quick else argparse.Namespace(tasks=5000, round_trips=500, rt_budget=5.0,
@@ -368,6 +381,10 @@ def main(argv=None):
         side = sidecar.run(tmp, sys.modules[__name__], quick=args.quick)
         print("crash test...", file=sys.stderr, flush=True)
         crashed = crash.run(tmp, quick=args.quick)
+        no_redis = redisbench.unavailable()
+        if no_redis:
+            print(f"redis benchmark skipped: {no_redis}", file=sys.stderr, flush=True)
+        redis_result = None if no_redis else redisbench.run(tmp, sys.modules[__name__], args.quick)
         scaled = scale.run(tmp, quick=args.quick)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -399,6 +416,7 @@ def main(argv=None):
         ("scale: open a 100,000-record SQLite store (ms)", open_ms, "< 1000", open_ms < 1000),
         *sidecar.checks(side),
         *crash.checks(crashed),
+        *(redisbench.checks(redis_result) if redis_result else ()),
     ]
 
     print(f"\nnbqueue benchmark{' (--quick)' if args.quick else ''}: no-op tasks, {WORKERS} workers; "
@@ -427,6 +445,10 @@ def main(argv=None):
           f"live widget ({watched / plain:.2f}x); the bar's value was set {bar_changes} times.")
     sidecar.report(side)
     crash.report(crashed)
+    if redis_result:
+        redisbench.report(redis_result)
+    else:
+        print(f"\nRedis benchmark skipped: {no_redis}.")
     scale.report(scaled)
     print("\n| check | value | target | result |")
     print("|---|--:|---|---|")
@@ -449,7 +471,8 @@ def main(argv=None):
                                     "bar_changes": bar_changes},
                        "checks": [{"check": n, "value": v, "target": t, "pass": ok}
                                   for n, v, t, ok in checks],
-                       "sidecar": side, "crash": crashed, "scale": scaled}, f, indent=2)
+                       "sidecar": side, "crash": crashed, "redis": redis_result, "scale": scaled},
+                      f, indent=2)
     return 0
 
 
@@ -489,6 +512,35 @@ def sidecar_only(args):
             json.dump({"quick": args.quick, "python": platform.python_version(),
                        "huey": huey.__version__, "cpus": os.cpu_count(), "sidecar": result,
                        "crash": crashed,
+                       "checks": [{"check": n, "value": v, "target": t, "pass": ok}
+                                  for n, v, t, ok in checks]}, f, indent=2)
+    return 0
+
+
+def redis_only(args, ap):
+    why = redisbench.unavailable()
+    if why:
+        ap.error(f"--redis: {why}")
+    started = time.perf_counter()
+    tmp = tempfile.mkdtemp(prefix="nbqueue-bench-")
+    try:
+        result = redisbench.run(tmp, sys.modules[__name__], quick=args.quick)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    print(f"\nnbqueue Redis store benchmark{' (--quick)' if args.quick else ''}; "
+          f"Python {platform.python_version()}, {os.cpu_count()} CPUs, "
+          f"{platform.system()} {platform.machine()}")
+    redisbench.report(result)
+    checks = redisbench.checks(result)
+    print("\n| check | value | target | result |")
+    print("|---|--:|---|---|")
+    for name, value, target, ok in checks:
+        print(f"| {name} | {fmt(value, 3)} | {target} | {'PASS' if ok else 'FAIL'} |")
+    print(f"\nTotal time {time.perf_counter() - started:.1f} s.")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"quick": args.quick, "python": platform.python_version(),
+                       "cpus": os.cpu_count(), "redis": result,
                        "checks": [{"check": n, "value": v, "target": t, "pass": ok}
                                   for n, v, t, ok in checks]}, f, indent=2)
     return 0

@@ -53,9 +53,10 @@ class Signer:
 
     def __init__(self, key):
         self.key = key
+        self._start = hmac.new(key, MAGIC, hashlib.sha256)  # copied per use: no key setup
 
     def _mac(self, data):
-        h = hmac.new(self.key, MAGIC, hashlib.sha256)
+        h = self._start.copy()
         h.update(data)
         return h.digest()
 

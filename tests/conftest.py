@@ -34,6 +34,25 @@ def wait_until(predicate, timeout=10, interval=0.002):
     return predicate()
 
 
+def append_line(path, line):
+    """Append ``line`` to the file at ``path`` in one write (O_APPEND: whole lines
+    from many processes, none torn): a ledger of what ran where."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    try:
+        os.write(fd, (line + "\n").encode())
+    finally:
+        os.close(fd)
+
+
+def read_lines(path):
+    """The lines of the file at ``path``; none if it does not exist yet."""
+    try:
+        with open(path) as f:
+            return f.read().splitlines()
+    except FileNotFoundError:
+        return []
+
+
 _GATES = collections.defaultdict(threading.Event)
 _GATES_LOCK = threading.Lock()
 

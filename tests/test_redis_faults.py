@@ -23,7 +23,7 @@ import textwrap
 import time
 
 import pytest
-from conftest import _redis_server_or_skip, unique_name, wait_until
+from conftest import _redis_server_or_skip, append_line, read_lines, unique_name, wait_until
 
 import nbqueue
 
@@ -36,31 +36,15 @@ pytestmark = [pytest.mark.redis, pytest.mark.slow,
 
 
 # ---- task functions (module level: the worker processes import them) ---------------
-def _append(path, line):
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-    try:
-        os.write(fd, (line + "\n").encode())
-    finally:
-        os.close(fd)
-
-
-def _lines(path):
-    try:
-        with open(path) as f:
-            return f.read().splitlines()
-    except FileNotFoundError:
-        return []
-
-
 def _runs(path):
     """[(key, pid, attempt)] of the ledger at ``path``, in the order they ran."""
     return [(key, int(pid), int(attempt))
-            for key, pid, attempt in (line.split() for line in _lines(path))]
+            for key, pid, attempt in (line.split() for line in read_lines(path))]
 
 
 def record_run(ledger, key, seconds=0.0):
     """One ledger line per run; sleeps ``seconds``; returns ``key``."""
-    _append(ledger, f"{key} {os.getpid()} {nbqueue.current_task().attempt}")
+    append_line(ledger, f"{key} {os.getpid()} {nbqueue.current_task().attempt}")
     if seconds:
         time.sleep(seconds)
     return key
@@ -69,7 +53,7 @@ def record_run(ledger, key, seconds=0.0):
 def stuck_first_attempt(ledger):
     """Attempt 1 notes itself in the ledger and blocks for a minute; later ones finish."""
     attempt = nbqueue.current_task().attempt
-    _append(ledger, f"stuck {os.getpid()} {attempt}")
+    append_line(ledger, f"stuck {os.getpid()} {attempt}")
     if attempt == 1:
         time.sleep(60)
     return f"done on attempt {attempt}"
@@ -298,7 +282,7 @@ def test_a_worker_killed_mid_task_loses_it_to_another_worker_and_nothing_is_lost
 
     os.killpg(first.pid, signal.SIGKILL)
     first.wait(timeout=10)
-    cut_at = len(_lines(ledger))
+    cut_at = len(read_lines(ledger))
 
     assert r.get(timeout=30) == "done on attempt 2", procs.all_logs()
     rec = q.store.get(r.id)
@@ -339,10 +323,10 @@ def test_workers_carry_on_through_a_redis_restart_and_run_every_task_once(
     _wait_registered(q, workers, procs)
     task = q.task(record_run)
     results = [task(str(ledger), f"t-{i}", 0.03) for i in range(500)]
-    assert wait_until(lambda: len(_lines(ledger)) >= 100, timeout=30), procs.all_logs()
+    assert wait_until(lambda: len(read_lines(ledger)) >= 100, timeout=30), procs.all_logs()
 
     down = own_redis.restart(downtime=1.0, kill=(how == "sigkill"))
-    at_restart = len(_lines(ledger))
+    at_restart = len(read_lines(ledger))
     assert at_restart < 450, f"the run ended before the restart ({at_restart} ran): too fast"
     assert 1.0 <= down < lease - 1, down
 
@@ -415,7 +399,7 @@ def test_a_claim_whose_reply_never_reached_its_worker_is_not_held_for_ever(
     (worker_id,) = [wid for wid, info in q.store.registered_workers().items()
                     if info.get("pid") == w.pid]
     busy = q.task(record_run)(ledger, "busy", 4.0)  # its only thread, for 4 s
-    assert wait_until(lambda: _lines(ledger), timeout=30), procs.all_logs()
+    assert wait_until(lambda: read_lines(ledger), timeout=30), procs.all_logs()
     r = q.task(record_run)(ledger, "lost")
     claimed = q.store.claim(worker_id, lease)  # as the worker's own CLAIM would
     assert claimed is not None and claimed.id == r.id

@@ -333,3 +333,50 @@ def test_the_memo_keeps_under_its_size_limit_evicting_the_least_recently_used(re
     store._client.set(store.prefix + "memo:c", b"\0" * 8 + pickle.dumps("planted"))
     assert memo.get("c", float("inf"), now=300) == (False, None)   # unsigned: a miss
     store.close()
+
+
+# ---- big batches, URLs -------------------------------------------------------------------
+def test_a_big_batch_is_stored_whole_in_short_scripts_or_not_at_all(redis_url):
+    from nbqueue.storage import redis as redis_store
+    store = redis_store.RedisStorage(redis_url, unique_name("batch"), Signer(SECRET.encode()))
+    try:
+        n = 2 * redis_store.ADD_CHUNK + 500            # three scripts in one MULTI/EXEC
+        recs = [TaskRecord(id=uuid.uuid4().hex, name="t", status="pending", payload=b"x")
+                for _ in range(n)]
+        store.add(recs)
+        assert [r.seq for r in recs] == list(range(1, n + 1))
+        assert store.counts()["pending"] == n
+        again = [TaskRecord(id=uuid.uuid4().hex, name="t", status="pending", payload=b"x")
+                 for _ in range(n - 1)] + [TaskRecord(id=recs[-1].id, name="t", status="pending")]
+        with pytest.raises(ValueError, match=recs[-1].id):   # the last chunk's id is taken...
+            store.add(again)
+        assert store.counts()["pending"] == n                # ...so none of the batch is stored
+        assert store.status(again[0].id) is None
+        store.add(again[:-1])                                # the refusal does not linger
+        assert store.counts()["pending"] == 2 * n - 1
+    finally:
+        store.close()
+
+
+def test_a_unix_socket_url_works_and_passwords_stay_out_of_messages(tmp_path):
+    import subprocess
+
+    import redisserver
+    from nbqueue.storage.redisconn import safe_url
+    assert safe_url("redis://u:hunter2@h:1/0?password=hunter3") == \
+        "redis://u:***@h:1/0?password=***"
+    sock = str(tmp_path / "redis.sock")
+    server = subprocess.Popen([redisserver.redis_server_path(), "--port", "0", "--unixsocket", sock,
+                               "--unixsocketperm", "700", "--save", "", "--dir", str(tmp_path)],
+                              stdout=subprocess.DEVNULL)
+    try:
+        assert wait_until(lambda: os.path.exists(sock), timeout=20)
+        q = nbqueue.Queue(unique_name("unix"), storage=f"unix://{sock}?db=0", secret=SECRET,
+                          workers=1)
+        try:
+            assert q.task(square)(11).get(timeout=10) == 121
+        finally:
+            q.close()
+    finally:
+        server.terminate()
+        server.wait(10)

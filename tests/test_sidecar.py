@@ -25,7 +25,7 @@ import time
 import uuid
 
 import pytest
-from conftest import unique_name, wait_until
+from conftest import append_line, read_lines, unique_name, wait_until
 
 import nbqueue
 from nbqueue import serializer
@@ -148,27 +148,11 @@ def long_first_run(marker):
 def ledgered(ledger):
     """Append one line per run start and per run end; the first attempt never ends."""
     attempt = nbqueue.current_task().attempt
-    _append(ledger, f"start {attempt} {os.getpid()}")
+    append_line(ledger, f"start {attempt} {os.getpid()}")
     if attempt == 1:
         time.sleep(60)
-    _append(ledger, f"end {attempt} {os.getpid()}")
+    append_line(ledger, f"end {attempt} {os.getpid()}")
     return f"done on attempt {attempt}"
-
-
-def _append(path, line):
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-    try:
-        os.write(fd, (line + "\n").encode())
-    finally:
-        os.close(fd)
-
-
-def _lines(path):
-    try:
-        with open(path) as f:
-            return f.read().splitlines()
-    except FileNotFoundError:
-        return []
 
 
 # ---- processes, seen through /proc ----------------------------------------------
@@ -593,8 +577,8 @@ def test_worker_command_on_module_var_runs_its_tasks_and_periodic_jobs(
     w = procs.worker(f"{name}:q", "-w", "1", "-k", "process", cwd=mods)
     ticks = mods / "ticks"
     # nothing else runs on this store: the worker's scheduler fires the job
-    assert wait_until(lambda: len(_lines(ticks)) >= 3, timeout=30), procs.log(w)
-    assert set(_lines(ticks)) == {str(w.pid)}  # run by the worker's children
+    assert wait_until(lambda: len(read_lines(ticks)) >= 3, timeout=30), procs.log(w)
+    assert set(read_lines(ticks)) == {str(w.pid)}  # run by the worker's children
     assert alive(w.pid)
 
     # submit from here: the module imported without starting workers (as the command does)
@@ -751,12 +735,12 @@ def test_a_sidecar_killed_mid_task_loses_it_to_the_next_one_which_runs_it_once(
     first = q.start_sidecar(workers=1)
     procs.track(first["pid"])
     r = q.task(ledgered)(str(ledger))
-    assert wait_until(lambda: len(_lines(ledger)) == 1, timeout=30)
-    child = int(_lines(ledger)[0].split()[2])
+    assert wait_until(lambda: len(read_lines(ledger)) == 1, timeout=30)
+    child = int(read_lines(ledger)[0].split()[2])
     assert parent_of(child) == first["pid"]
     # while its sidecar lives, nobody else runs the task, past any lease
     time.sleep(2.5 * q.lease)
-    assert [line.split()[:2] for line in _lines(ledger)] == [["start", "1"]]
+    assert [line.split()[:2] for line in read_lines(ledger)] == [["start", "1"]]
     assert (r.status, r.attempts) == ("running", 1)
 
     os.kill(first["pid"], signal.SIGKILL)
@@ -769,7 +753,7 @@ def test_a_sidecar_killed_mid_task_loses_it_to_the_next_one_which_runs_it_once(
     assert r.get(timeout=40) == "done on attempt 2"
     rec = q.store.get(r.id, load=("result",))
     assert (rec.status, rec.attempts, rec.recoveries, rec.retries_used) == ("succeeded", 2, 1, 0)
-    assert [line.split()[:2] for line in _lines(ledger)] == [["start", "1"], ["start", "2"],
+    assert [line.split()[:2] for line in read_lines(ledger)] == [["start", "1"], ["start", "2"],
                                                               ["end", "2"]]
     assert q.stop_sidecar() is True
 
@@ -844,7 +828,7 @@ def test_two_kernels_and_two_sidecars_run_2000_tasks_exactly_once(queues, procs,
         ids += out.split()
     assert len(ids) == len(set(ids)) == 2000
     assert q.counts()["succeeded"] == 2000, q.counts()
-    lines = _lines(ledger)
+    lines = read_lines(ledger)
     runs = collections.Counter(line.split()[0] for line in lines)
     assert set(runs) == {f"p{n}-{i}" for n in range(2) for i in range(1000)}
     assert [key for key, n in runs.items() if n != 1] == []  # each ran exactly once
@@ -902,7 +886,7 @@ def test_a_producer_killed_mid_submit_leaves_only_whole_tasks(queues, procs, tmp
     w = procs.worker(store, "-w", "2", "--max-tasks", str(len(recs)), paths=[mods])
     assert w.wait(timeout=60) == 0, procs.log(w)
     assert q.counts()["succeeded"] == len(recs)
-    runs = collections.Counter(line.split()[0] for line in _lines(ledger))
+    runs = collections.Counter(line.split()[0] for line in read_lines(ledger))
     assert runs == collections.Counter(keys)  # every stored task ran, exactly once
 
 

@@ -57,7 +57,10 @@ class WorkerPool:
         # A store call failed: a claim may have been made whose reply never came
         # (``_hand_back_orphans`` looks once the store answers again).
         self._orphans_possible = False
-        self._writing = set()  # ids of ended runs whose outcome is being written (renewed)
+        # Ids this pool holds a claim on that are not in state.running: claimed and
+        # not started yet, or ended with their outcome still being written. Renewed
+        # by the heartbeat, and never taken for orphans.
+        self._held = set()
 
     @property
     def size(self):
@@ -146,6 +149,8 @@ class WorkerPool:
                     looked_at = store.work_seq
                     try:
                         rec = store.claim(self.worker_id, self.lease)
+                        if rec is not None:
+                            self._held.add(rec.id)
                         failing = False
                     except Exception:  # a store hiccup (disk full, locked, server gone) must not kill the worker
                         if not failing:  # once per outage; then quietly with backoff
@@ -193,6 +198,7 @@ class WorkerPool:
         ctx = context.TaskContext(rec, self.store, state.output_limit)
         ctx.waker = self._wake.set
         state.running[rec.id] = ctx
+        self._held.discard(rec.id)
         if self.listener is not None:
             self.listener("start", rec)
         try:
@@ -201,16 +207,18 @@ class WorkerPool:
             else:
                 status, fields = self._run_in_child(rec, ctx, child)
         finally:
-            self._writing.add(rec.id)  # before it leaves running: never taken for an orphan
+            self._held.add(rec.id)  # before it leaves running: never taken for an orphan
             ctx.end()
             state.running.pop(rec.id, None)
         fields.update(ctx.final_fields())
         if self._abandoned:
-            self._writing.discard(rec.id)
+            self._held.discard(rec.id)
             return None  # handed back (``hand_back``): this run's outcome is not written
         want_next = bool(claim_next and claim_next())
         # Not finished: our lease ran out and the task was requeued; its new run owns it.
         finished, nxt = self._write_outcome(rec, status, want_next, fields)
+        if nxt is not None:
+            self._held.add(nxt.id)  # held before the done callbacks below run
         if finished and self.listener is not None:
             self.listener("end", rec, status, fields)
         if want_next and nxt is None:
@@ -225,16 +233,16 @@ class WorkerPool:
         finished run's outcome is kept, not lost, through a short outage. Then the
         error is raised (the lease brings the task back)."""
         delay, give_up = 0.05, time.monotonic() + OUTCOME_PATIENCE
-        while True:  # (rec.id is in _writing: its lease is renewed meanwhile)
+        while True:  # (rec.id is in _held: its lease is renewed meanwhile)
             try:
                 outcome = self.store.finish_and_claim(
                     rec.id, self.worker_id, status, self.lease if want_next else None, **fields)
-                self._writing.discard(rec.id)
+                self._held.discard(rec.id)
                 return outcome
             except ConnectionError:
                 self._orphans_possible = True
                 if self._abandoned or time.monotonic() + delay > give_up:
-                    self._writing.discard(rec.id)
+                    self._held.discard(rec.id)
                     raise
                 if delay == 0.05:
                     self.state.log(f"the store is unreachable; keeping the outcome of task "
@@ -320,7 +328,7 @@ class WorkerPool:
     def _fail_unhandled(self, rec, exc):
         # Don't leave the task running under a lease we keep renewing forever.
         self.state.running.pop(rec.id, None)
-        self._writing.discard(rec.id)
+        self._held.discard(rec.id)
         try:
             if self.store.finish(rec.id, self.worker_id, FAILED, error=self.state.describe(exc)):
                 self.state.task_finished(rec.id)
@@ -370,13 +378,12 @@ class WorkerPool:
         after a store call failed."""
         for rec in self.store.page(status=RUNNING, limit=None):
             if rec.worker == self.worker_id and rec.id not in self.state.running \
-                    and rec.id not in self._writing \
+                    and rec.id not in self._held \
                     and rec.started_at is not None and rec.started_at < time.time() - ORPHAN_AGE:
                 self.store.finish(rec.id, self.worker_id, PENDING,
                                   message="handed back: the reply to its claim was lost "
                                           "(the store could not be reached)")
         self._orphans_possible = False
-        self._writing = set()  # ids of ended runs whose outcome is being written (renewed)
 
     def _read_cancel_flags(self, running):
         for tid, ctx in running.items():
@@ -392,10 +399,10 @@ class WorkerPool:
         leases were last renewed."""
         if self._orphans_possible:
             self._hand_back_orphans()
-        writing = list(self._writing)
-        if (running or writing) and now - last_renew >= self.lease / 3 - 0.01:
+        waiting = list(self._held)
+        if (running or waiting) and now - last_renew >= self.lease / 3 - 0.01:
             last_renew = now
-            held = self.store.renew(list(running) + writing, self.worker_id, self.lease)
+            held = self.store.renew(list(running) + waiting, self.worker_id, self.lease)
             for tid, cancel in held.items():
                 if cancel and tid in running:
                     running[tid].request_cancel()

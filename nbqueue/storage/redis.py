@@ -18,6 +18,7 @@ within a lease (NTP does).
 import heapq
 import itertools
 import time
+import uuid
 
 from ..exceptions import WorkerLost
 from ..serializer import describe_exception
@@ -30,6 +31,7 @@ from .redislua import sources
 
 ALIVE_RECHECK = 5.0  # a live holder's lapsed claim is extended by this, then checked again
 BATCH = 500          # records a script moves or deletes at most per call
+ADD_CHUNK = 1000     # records one ADD script stores at most (a bigger batch: several)
 WAKE_ALL = 1 << 16   # a wake-up from the channel wakes every waiting worker
 CONTRACT = ("add", "claim", "finish_and_claim", "renew", "requeue_expired", "promote_due",
             "next_eta", "cancel", "get", "status", "update", "counts", "page", "find_prefix",
@@ -140,6 +142,18 @@ class RedisStorage(RedisJobs, Storage):
             pipe.hmget(self._key(task_id), names)
         return [self._codec.decode(names, values) for values in pipe.execute()]
 
+    def _changes(self, fields, pairs=(), dels=()):
+        """``fields`` as the ``[name, text, ...]`` to set and the names to delete
+        (those set to None), after ``pairs`` and ``dels``."""
+        pairs, dels = list(pairs), list(dels)
+        for name, value in fields.items():
+            text = self._codec.encode(name, value)
+            if text is None:
+                dels.append(name)
+            else:
+                pairs += (name, text)
+        return pairs, dels
+
     def _claimed(self, values):
         return self._codec.decode(CLAIMED, values) if values else None
 
@@ -154,12 +168,15 @@ class RedisStorage(RedisJobs, Storage):
             if rec.id in seen:
                 raise ValueError(f"task id {rec.id!r} is given twice")
             seen.add(rec.id)
-        try:
-            first, eta_moved = self._queue_add(None, records)
-        except Exception as err:
-            if str(err).startswith("DUPLICATE "):
-                raise ValueError(f"task id {str(err)[10:]!r} is already in the store") from None
-            raise
+        if len(records) <= ADD_CHUNK:
+            try:
+                first, eta_moved = self._queue_add(None, records)
+            except Exception as err:
+                if str(err).startswith("DUPLICATE "):
+                    raise ValueError(f"task id {str(err)[10:]!r} is already in the store") from None
+                raise
+        else:
+            first, eta_moved = self._add_batch(records)
         for i, rec in enumerate(records):
             rec.seq = first + i
         ready = sum(r.status == PENDING for r in records)
@@ -168,10 +185,25 @@ class RedisStorage(RedisJobs, Storage):
         if eta_moved:  # the scheduler sleeps until the earliest eta
             self.notify_eta()
 
-    def _queue_add(self, client, records):
+    def _add_batch(self, records):
+        """Add many records in ADD_CHUNK-sized scripts inside one MULTI/EXEC, after a
+        check that none is stored: all or none, and no script holds the server
+        for long (a long one makes every other client's call fail with BUSY)."""
+        token = uuid.uuid4().hex
+        pipe = self._client.pipeline(transaction=True)
+        self._run("CHECK_NEW", token, *(r.id for r in records), client=pipe)
+        for i in range(0, len(records), ADD_CHUNK):
+            self._queue_add(pipe, records[i:i + ADD_CHUNK], token)
+        self._run("END_BATCH", token, client=pipe)
+        replies = pipe.execute()
+        if replies[0] is not None:
+            raise ValueError(f"task id {replies[0].decode()!r} is already in the store")
+        return replies[1][0], max(reply[1] for reply in replies[1:-1])
+
+    def _queue_add(self, client, records, batch=""):
         """Run the ADD script for ``records`` on ``client`` (None: at once; or a
         pipeline). Returns ``[first seq, eta moved]`` (at once) or the pipeline."""
-        args = [len(records)]
+        args = [batch, len(records)]
         for rec in records:
             pairs = self._codec.pairs(rec, CLAIMED, skip=("seq",))
             args += (rec.id, rec.name, rec.status, rec.priority,
@@ -190,15 +222,9 @@ class RedisStorage(RedisJobs, Storage):
         now = time.time() if now is None else now
         if status == PENDING:
             fields["eta"] = None
-        pairs, dels = ["status", status], ["worker", "lease_until"]
+        pairs, dels = self._changes(fields, ["status", status], ["worker", "lease_until"])
         if status in FINISHED:
             pairs += ("finished_at", _repr(now))
-        for name, value in fields.items():
-            text = self._codec.encode(name, value)
-            if text is None:
-                dels.append(name)
-            else:
-                pairs += (name, text)
         reply = self._run("FINISH", task_id, worker, status, _repr(now),
                           "" if lease is None else _repr(now + lease),
                           len(pairs) // 2, *pairs, len(dels), *dels)
@@ -289,13 +315,7 @@ class RedisStorage(RedisJobs, Storage):
 
     def update(self, task_id, **fields):
         check_progress_fields(fields)
-        pairs, dels = [], []
-        for name, value in fields.items():
-            text = self._codec.encode(name, value)
-            if text is None:
-                dels.append(name)
-            else:
-                pairs += (name, text)
+        pairs, dels = self._changes(fields)
         flag = self._run("UPDATE", task_id, len(pairs) // 2, *pairs, *dels)
         return None if flag is None else flag == b"1"
 

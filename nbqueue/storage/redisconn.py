@@ -22,15 +22,21 @@ def is_redis_url(storage):
 
 
 def safe_url(url):
-    """``url`` without its password, for messages and reprs."""
+    """``url`` without its password (in the address or the query), for messages and reprs."""
     parts = urllib.parse.urlsplit(url)
-    if parts.password is None:
+    if parts.password is None and "password=" not in parts.query.lower():
         return url
-    user = parts.username or ""
-    host = parts.hostname or ""
-    if parts.port is not None:
-        host = f"{host}:{parts.port}"
-    return urllib.parse.urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
+    if parts.password is not None:
+        host = parts.hostname or ""
+        if parts.port is not None:
+            host = f"{host}:{parts.port}"
+        parts = parts._replace(netloc=f"{parts.username or ''}:***@{host}")
+    if parts.query:
+        query = urllib.parse.parse_qsl(parts.query, keep_blank_values=True)
+        parts = parts._replace(query=urllib.parse.urlencode(
+            [(k, "***" if k.lower() == "password" else v) for k, v in query], safe="*"))
+    # (a unix:/// URL comes back as unix:/path: still one redis-py reads)
+    return urllib.parse.urlunsplit(parts)
 
 
 def import_redis():
@@ -51,8 +57,9 @@ def connect(url):
     try:
         # No silent retries: a script sent again after a lost reply would run twice
         # (two claims, two adds). A lost reply raises; our callers decide.
-        return redis.Redis.from_url(url, socket_connect_timeout=5, socket_keepalive=True,
-                                    health_check_interval=15, retry=Retry(NoBackoff(), 0))
+        tcp = {} if url.startswith("unix://") else {"socket_keepalive": True}
+        return redis.Redis.from_url(url, socket_connect_timeout=5, health_check_interval=15,
+                                    retry=Retry(NoBackoff(), 0), **tcp)
     except ValueError as err:
         raise ValueError(f"storage={safe_url(url)!r} is not a Redis URL redis-py can use "
                          f"({err}); write redis://[:password@]host:port/db or rediss:// for TLS") from None
@@ -66,9 +73,15 @@ def unavailable(url, err):
                             "(q.result(task_id).status)")
 
 
+# Replies that mean the server cannot serve us now, like a lost connection: a
+# script running too long, a replica that cannot be written, a failover.
+UNAVAILABLE_REPLIES = ("BUSY", "LOADING", "READONLY", "MASTERDOWN", "TRYAGAIN", "CLUSTERDOWN")
+
+
 def translating(names):
     """A class decorator: the methods ``names`` raise StoreUnavailable (naming the
-    server) instead of redis-py's ConnectionError or TimeoutError."""
+    server) instead of redis-py's ConnectionError or TimeoutError, or an error
+    reply in ``UNAVAILABLE_REPLIES``."""
     def decorate(cls):
         redis = import_redis()
         lost = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
@@ -81,6 +94,10 @@ def translating(names):
                     return _method(self, *args, **kwargs)
                 except lost as err:
                     raise unavailable(self.url, err) from err
+                except redis.exceptions.ResponseError as err:
+                    if str(err).startswith(UNAVAILABLE_REPLIES):
+                        raise unavailable(self.url, err) from err
+                    raise
             setattr(cls, name, guarded)
         return cls
     return decorate

@@ -157,13 +157,15 @@ local function drop(id)
 end
 """
 
-# ARGV: n, then per record: id, name, status, priority, eta ('' none), expires_at
-# ('' none), number of field/value pairs, the pairs. Returns {first seq, 1 if
-# the earliest eta moved}, or an error reply naming an id already stored
-# (nothing stored then).
+# ARGV: batch ('' or the token of a CHECK_NEW before it in the same MULTI), n,
+# then per record: id, name, status, priority, eta ('' none), expires_at ('' none),
+# number of field/value pairs, the pairs. Returns {first seq, 1 if the earliest
+# eta moved}, {} if the batch was refused, or an error reply naming an id already
+# stored (nothing stored then).
 ADD = r"""
-local n = tonumber(ARGV[1])
-local i, recs, seen = 2, {}, {}
+if ARGV[1] ~= '' and redis.call('EXISTS', K .. 'refused:' .. ARGV[1]) == 1 then return {} end
+local n = tonumber(ARGV[2])
+local i, recs, seen = 3, {}, {}
 for r = 1, n do
   local rec = {id = ARGV[i], name = ARGV[i + 1], status = ARGV[i + 2], priority = ARGV[i + 3],
                eta = ARGV[i + 4], expires = ARGV[i + 5], first = i + 7, count = tonumber(ARGV[i + 6])}
@@ -197,6 +199,26 @@ for r, rec in ipairs(recs) do
 end
 if ready > 0 then publish('w', ready) end
 return {first, moved}
+"""
+
+# A batch too big for one script is added by several ADDs in one MULTI/EXEC,
+# after this check (so no script holds the server for long, and the batch is
+# still all or none). ARGV: token, ids. Returns the first id already stored
+# (and marks the batch refused for the ADDs after it), or nil.
+CHECK_NEW = r"""
+for i = 2, #ARGV do
+  if redis.call('EXISTS', tkey(ARGV[i])) == 1 then
+    redis.call('SET', K .. 'refused:' .. ARGV[1], 1, 'EX', 60)
+    return ARGV[i]
+  end
+end
+return nil
+"""
+
+# ARGV: token. Ends a batch of CHECK_NEW and ADDs.
+END_BATCH = r"""
+redis.call('DEL', K .. 'refused:' .. ARGV[1])
+return 0
 """
 
 # ARGV: worker, lease_until, now. Returns the claimed record's RECORD fields, or {}.

@@ -2,8 +2,10 @@
 exceptions, periodic jobs), so a payload planted in a shared store by someone
 without the secret is refused before it is unpickled: pickle runs code.
 
-A signed blob is ``MAGIC + HMAC-SHA256(key, MAGIC + data) + data``. ``open``
-checks it in constant time and returns the data, or a ``Rejected`` marker that
+A signed blob is ``MAGIC + HMAC-SHA256(key, MAGIC + context + data) + data``,
+the context saying what the blob is for (``context``): a call signed for one
+task does not check as another task's, nor as a value. ``open`` checks it in
+constant time and returns the data, or a ``Rejected`` marker that
 ``serializer.loads`` refuses with ``PayloadRejected``: a bad blob fails the one
 task it belongs to, never the worker or a dashboard that merely lists it.
 """
@@ -55,30 +57,48 @@ class Signer:
         self.key = key
         self._start = hmac.new(key, MAGIC, hashlib.sha256)  # copied per use: no key setup
 
-    def _mac(self, data):
+    def _mac(self, data, context):
         h = self._start.copy()
+        h.update(len(context).to_bytes(4, "big") + context)
         h.update(data)
         return h.digest()
 
-    def sign(self, data):
-        """``data`` (bytes) signed; None stays None."""
+    def sign(self, data, context=b""):
+        """``data`` (bytes) signed for ``context``; None stays None."""
         if data is None:
             return None
-        return MAGIC + self._mac(data) + data
+        return MAGIC + self._mac(data, context) + data
 
-    def open(self, blob, what="payload"):
-        """The data of a signed ``blob``, or ``Rejected`` (unsigned or forged). None stays None."""
+    def open(self, blob, what="payload", context=b""):
+        """The data of ``blob`` signed for ``context``, or ``Rejected`` (unsigned,
+        forged, or signed for something else). None stays None."""
         if blob is None:
             return None
         view = memoryview(blob)
         if view[:len(MAGIC)] != MAGIC:
             return Rejected(f"this {what} is not signed, so it was refused without unpickling "
                             f"it (it was stored without a secret, or planted)")
-        if not hmac.compare_digest(view[len(MAGIC):_HEAD], self._mac(view[_HEAD:])):
+        if not hmac.compare_digest(view[len(MAGIC):_HEAD], self._mac(view[_HEAD:], context)):
             return Rejected(f"this {what}'s signature does not match, so it was refused without "
                             f"unpickling it: it was signed with another secret (give every "
-                            f"process the same secret= or ${ENV}) or changed in the store")
+                            f"process the same secret= or ${ENV}), for another task, or "
+                            f"changed in the store")
         return bytes(view[_HEAD:])
+
+
+VALUE = b"value"   # the context of a result (and of the pipeline value copied from it)
+
+
+def context(kind, owner):
+    """The context a blob of ``kind`` ("payload", "error", "job", "memo") belonging
+    to ``owner`` (a task id, job name or memo key) is signed for."""
+    return f"{kind}:{owner}".encode()
+
+
+def blob_context(kind, task_id):
+    """What a task's ``kind`` of blob is signed for: a call for its own task; a
+    value ("result", "prev") for any, as a pipeline copies it on to the next step."""
+    return context("payload", task_id) if kind == "payload" else VALUE
 
 
 def signer_for(secret, what="secret"):

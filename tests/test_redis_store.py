@@ -380,3 +380,24 @@ def test_a_unix_socket_url_works_and_passwords_stay_out_of_messages(tmp_path):
     finally:
         server.terminate()
         server.wait(10)
+
+
+def test_a_signed_call_moved_to_another_task_is_refused(redis_url):
+    from nbqueue.storage.redis import RedisStorage
+    store = RedisStorage(redis_url, unique_name("moved"), Signer(SECRET.encode()))
+    try:
+        a, b = _plant(store, b"call of a"), _plant(store, b"call of b")
+        key_a, key_b = store._key(a), store._key(b)
+        # someone with write access to the server but not the secret swaps the calls
+        store._client.hset(key_a, "payload", store._client.hget(key_b, "payload"))
+        got = store.get(a, load=("payload",)).payload
+        with pytest.raises(PayloadRejected, match="for another task"):
+            nbqueue.serializer.loads(got)
+        assert store.get(b, load=("payload",)).payload == b"call of b"   # its own: fine
+        memo = store.open_memo()
+        memo.set("k1", b"value one", now=100)
+        store._client.set(store.prefix + "memo:k2", store._client.get(store.prefix + "memo:k1"))
+        assert memo.get("k1", float("inf"), now=101) == (True, b"value one")
+        assert memo.get("k2", float("inf"), now=101) == (False, None)   # moved: refused
+    finally:
+        store.close()

@@ -142,12 +142,12 @@ class RedisStorage(RedisJobs, Storage):
             pipe.hmget(self._key(task_id), names)
         return [self._codec.decode(names, values) for values in pipe.execute()]
 
-    def _changes(self, fields, pairs=(), dels=()):
-        """``fields`` as the ``[name, text, ...]`` to set and the names to delete
-        (those set to None), after ``pairs`` and ``dels``."""
+    def _changes(self, task_id, fields, pairs=(), dels=()):
+        """``fields`` of ``task_id`` as the ``[name, text, ...]`` to set and the
+        names to delete (those set to None), after ``pairs`` and ``dels``."""
         pairs, dels = list(pairs), list(dels)
         for name, value in fields.items():
-            text = self._codec.encode(name, value)
+            text = self._codec.encode(name, value, task_id)
             if text is None:
                 dels.append(name)
             else:
@@ -222,7 +222,7 @@ class RedisStorage(RedisJobs, Storage):
         now = time.time() if now is None else now
         if status == PENDING:
             fields["eta"] = None
-        pairs, dels = self._changes(fields, ["status", status], ["worker", "lease_until"])
+        pairs, dels = self._changes(task_id, fields, ["status", status], ["worker", "lease_until"])
         if status in FINISHED:
             pairs += ("finished_at", _repr(now))
         reply = self._run("FINISH", task_id, worker, status, _repr(now),
@@ -276,7 +276,7 @@ class RedisStorage(RedisJobs, Storage):
         if recoveries < max_recoveries:
             return [task_id, worker, str(recoveries), "requeue", "", f"recovered: {why}"]
         lost = WorkerLost(f"task {task_id} ({name}) was lost {recoveries + 1} times: {why}; giving up")
-        error = self._codec.encode_error(describe_exception(lost, True))
+        error = self._codec.encode_error(describe_exception(lost, True), task_id)
         return [task_id, worker, str(recoveries), "lost", error, str(lost)]
 
     def promote_due(self, now=None):
@@ -315,7 +315,7 @@ class RedisStorage(RedisJobs, Storage):
 
     def update(self, task_id, **fields):
         check_progress_fields(fields)
-        pairs, dels = self._changes(fields)
+        pairs, dels = self._changes(task_id, fields)
         flag = self._run("UPDATE", task_id, len(pairs) // 2, *pairs, *dels)
         return None if flag is None else flag == b"1"
 

@@ -12,6 +12,7 @@ import dataclasses
 import json
 
 from ..records import BULKY, TaskRecord
+from ..signing import blob_context, context
 
 FIELDS = tuple(f.name for f in dataclasses.fields(TaskRecord))
 LIGHT = tuple(f for f in FIELDS if f not in BULKY)      # what a plain read loads
@@ -31,8 +32,9 @@ class Codec:
     def __init__(self, signer):
         self.signer = signer
 
-    def encode(self, name, value):
-        """The text or bytes stored for a field (None: the field is absent)."""
+    def encode(self, name, value, task_id):
+        """The text or bytes stored for a field of task ``task_id`` (None: the
+        field is absent)."""
         if value is None:
             return None
         if name in FLOATS:
@@ -42,16 +44,17 @@ class Codec:
         if name in FLAGS:
             return "1" if value else "0"
         if name in SIGNED:
-            return self.signer.sign(value)
+            return self.signer.sign(value, blob_context(name, task_id))
         if name == "error":
-            return self.encode_error(value)
+            return self.encode_error(value, task_id)
         return value
 
-    def encode_error(self, error):
+    def encode_error(self, error, task_id):
         error = dict(error)
         exc = error.get("exc")
         if isinstance(exc, (bytes, bytearray)):
-            error["exc"] = base64.b64encode(self.signer.sign(bytes(exc))).decode()
+            exc = self.signer.sign(bytes(exc), context("error", task_id))
+            error["exc"] = base64.b64encode(exc).decode()
         elif exc is not None:
             error["exc"] = None  # only pickled exceptions are kept by a serializing store
         return json.dumps(error, default=str)
@@ -64,13 +67,14 @@ class Codec:
             value = getattr(record, name)
             if name in skip or value is None or value == DEFAULTS.get(name, not value):
                 continue
-            out += (name, self.encode(name, value))
+            out += (name, self.encode(name, value, record.id))
         return out
 
     def decode(self, names, values):
         """A TaskRecord from HMGET ``values`` of ``names``; None if the task is gone."""
         if values[0] is None:  # names[0] is "id"
             return None
+        task_id = values[0].decode()
         fields = {}
         for name, raw in zip(names, values):
             if raw is None:
@@ -82,9 +86,9 @@ class Codec:
             elif name in FLAGS:
                 fields[name] = raw == b"1"
             elif name in SIGNED:
-                fields[name] = self.signer.open(raw, _WHAT[name])
+                fields[name] = self.signer.open(raw, _WHAT[name], blob_context(name, task_id))
             elif name == "error":
-                fields[name] = self.decode_error(raw)
+                fields[name] = self.decode_error(raw, task_id)
             else:
                 fields[name] = raw.decode()
         if "output" not in fields and "output" in names:
@@ -93,7 +97,7 @@ class Codec:
             fields["output"] = None  # not loaded
         return TaskRecord(**fields)
 
-    def decode_error(self, raw):
+    def decode_error(self, raw, task_id):
         try:
             error = json.loads(raw)
         except ValueError as err:
@@ -102,7 +106,8 @@ class Codec:
         exc = error.get("exc")
         if isinstance(exc, str):
             try:
-                error["exc"] = self.signer.open(base64.b64decode(exc), "exception")
+                error["exc"] = self.signer.open(base64.b64decode(exc), "exception",
+                                                context("error", task_id))
             except ValueError:
                 error["exc"] = None
         return error

@@ -13,6 +13,7 @@ import logging
 import pickle
 import time
 
+from ..signing import context
 from .base import check_job_fields
 from .redisconn import import_redis
 
@@ -28,14 +29,14 @@ class RedisJobs:
     def _load_job(self, name, blob):
         """The JobRecord, or None (logged) if its signature fails: a planted job
         must not run, nor stop the others."""
-        data = self.signer.open(blob, "periodic job")
+        data = self.signer.open(blob, "periodic job", context("job", name))
         if not isinstance(data, bytes):
             log.error("periodic job %r of queue %r left out: %s", name, self.queue_name, data.reason)
             return None
         return pickle.loads(data)
 
     def _dump_job(self, job):
-        return self.signer.sign(pickle.dumps(job, pickle.HIGHEST_PROTOCOL))
+        return self.signer.sign(pickle.dumps(job, pickle.HIGHEST_PROTOCOL), context("job", job.name))
 
     def jobs(self):
         found = {}

@@ -9,6 +9,7 @@ used (in the same script as the write, so it is atomic). Same interface as
 import struct
 import time
 
+from ..signing import context
 from .memo import DEFAULT_SIZE_LIMIT
 
 _STAMP = struct.Struct("<d")   # stored_at, before the signed value
@@ -42,6 +43,12 @@ return #keys
 """
 
 
+def _memo_context(key, stamp):
+    """A value is signed for its key and the moment it was stored: neither can be
+    moved to another key nor made to look fresh."""
+    return context("memo", key) + b"@" + stamp
+
+
 class RedisMemo:
     def __init__(self, store, size_limit=DEFAULT_SIZE_LIMIT):
         self._store, self._client, self.size_limit = store, store._client, size_limit
@@ -59,14 +66,16 @@ class RedisMemo:
         blob = pipe.execute()[0]
         if blob is None or len(blob) < _STAMP.size:
             return False, None
-        value = self._store.signer.open(blob[_STAMP.size:], "memoized value")
+        value = self._store.signer.open(blob[_STAMP.size:], "memoized value",
+                                        _memo_context(key, blob[:_STAMP.size]))
         if not isinstance(value, bytes) or now - _STAMP.unpack_from(blob)[0] > max_age:
             return False, None
         return True, value
 
     def set(self, key, value, now=None):
         now = time.time() if now is None else now
-        blob = _STAMP.pack(now) + self._store.signer.sign(value)
+        stamp = _STAMP.pack(now)
+        blob = stamp + self._store.signer.sign(value, _memo_context(key, stamp))
         self._set(keys=self._keys, args=(key, blob, repr(float(now)), self.size_limit))
 
     def clear(self):

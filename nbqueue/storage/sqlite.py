@@ -176,7 +176,7 @@ class SqliteStorage(SqliteJobs, SqliteDatabase, Storage):
         staged = []
         try:
             for r in records:
-                staged.append({k: self._stage(getattr(r, k)) for k in VALUE_KINDS
+                staged.append({k: self._stage(getattr(r, k), r.id, k) for k in VALUE_KINDS
                                if getattr(r, k) is not None})
             def write(t):
                 seq = self._take_seq(t.con, len(records))
@@ -228,7 +228,7 @@ class SqliteStorage(SqliteJobs, SqliteDatabase, Storage):
     def finish_and_claim(self, task_id, worker, status, lease, now=None, **fields):
         check_run_end(status, fields)
         now = time.time() if now is None else now
-        result = self._stage(fields["result"]) if "result" in fields else None
+        result = self._stage(fields["result"], task_id, "result") if "result" in fields else None
         finished, released, ended, nxt, files = False, 0, [], None, ()
         try:
             with self._txn() as t:

@@ -6,20 +6,18 @@ under ``values/`` that hold big values."""
 import collections
 import contextlib
 import hashlib
-import operator
 import os
-import pickle
 import re
 import shutil
 import sqlite3
 import tempfile
 import threading
 
-from .. import serializer
 from ..exceptions import NbqueueError
-from ..records import TaskRecord
+from ..signing import blob_context
 from ..states import STATES
 from .checkpointer import BACKSTOP_PAGES, Checkpointer
+from .sqliterows import COLS, INSERT, SELECT, record, row_values, snap  # noqa: F401 (re-exported)
 from .storedir import (DB, VALUES, Big, WriteLock, check_files, check_private, damaged,
                        prepare_directory, survey, unlink)
 
@@ -31,13 +29,6 @@ JOIN_WAIT = 0.002        # an add waits this long for another thread's commit, t
 VALUE_KINDS = ("payload", "result", "prev")
 KIND = {"payload": 1, "result": 2, "prev": 3}   # blobs.key = seq * 4 + KIND[kind]
 
-COLS = ("id", "name", "status", "priority", "seq", "created_at", "eta", "expires_at", "started_at",
-        "finished_at", "attempts", "retries", "retries_used", "recoveries", "retry_delay",
-        "retry_backoff", "timeout", "has_prev", "next_id", "worker", "lease_until",
-        "cancel_requested", "progress_done", "progress_total", "progress_message", "error",
-        "message", "cache_key", "cached")
-SELECT = f"SELECT {', '.join(COLS)} FROM tasks"
-INSERT = f"INSERT INTO tasks ({', '.join(COLS)}, qseq) VALUES ({', '.join('?' * (len(COLS) + 1))})"
 
 # ``seq`` is the rowid, so every index on (x) is in effect on (x, seq), and the blob
 # and output rows of a task are found from its seq without an index of their own.
@@ -83,35 +74,6 @@ SCHEMA = [
 ]
 OBJECTS = frozenset(re.search(r"EXISTS (\w+)", sql).group(1) for sql in SCHEMA) - {"workers"}
 _SAFE_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]{0,199}")
-
-
-# ---- rows and records ---------------------------------------------------------------
-def record(row, signer=None):
-    """The TaskRecord of a row; its error dict checked with ``signer`` (if any)."""
-    rec = TaskRecord(**dict(zip(COLS, row)))
-    rec.has_prev, rec.cancel_requested, rec.cached = (
-        bool(rec.has_prev), bool(rec.cancel_requested), bool(rec.cached))
-    if rec.error is not None:
-        try:  # written by this store (files checked at open), signed if there is a secret
-            data = rec.error if signer is None else signer.open(rec.error, "error")
-            rec.error = serializer.loads(data)
-        except Exception as err:  # one bad record must not break a page or a dashboard
-            rec.error = {"type": "UnreadableError", "traceback": "", "exc": None,
-                         "message": f"the stored error could not be read ({type(err).__name__}: {err})"}
-    rec.output = None                        # not loaded
-    return rec
-
-
-snap = operator.attrgetter(*COLS)   # a record's columns, as a tuple
-ERROR = COLS.index("error")
-
-
-def _row_values(values, signer):
-    """A record's columns as stored: the error dict pickled (and signed)."""
-    if values[ERROR] is None:
-        return values
-    error = pickle.dumps(values[ERROR])
-    return (*values[:ERROR], error if signer is None else signer.sign(error), *values[ERROR + 1:])
 
 
 class Txn:
@@ -370,8 +332,8 @@ class SqliteDatabase:
 
     def _save(self, t, rec, before, **extra):
         """Write the columns ``rec``'s move changed (and ``extra`` table-only ones)."""
-        after = _row_values(snap(rec), self.signer)
-        sets = {c: v for c, v, old in zip(COLS, after, _row_values(before, self.signer)) if v != old}
+        after = row_values(snap(rec), self.signer)
+        sets = {c: v for c, v, old in zip(COLS, after, row_values(before, self.signer)) if v != old}
         sets.update(extra)
         if sets:
             t.con.execute(f"UPDATE tasks SET {', '.join(k + ' = ?' for k in sets)} WHERE seq = ?",
@@ -380,7 +342,7 @@ class SqliteDatabase:
     def _insert(self, t, rec, seq, values):
         rec.seq = seq
         try:
-            t.con.execute(INSERT, (*_row_values(snap(rec), self.signer), seq))
+            t.con.execute(INSERT, (*row_values(snap(rec), self.signer), seq))
         except sqlite3.IntegrityError as err:
             if "tasks.id" not in str(err):
                 raise
@@ -398,15 +360,16 @@ class SqliteDatabase:
         name = task_id if _SAFE_NAME.fullmatch(task_id) else hashlib.sha256(task_id.encode()).hexdigest()
         return os.path.join(self._values, f"{name}.{kind}")
 
-    def _stage(self, value):
-        """A big value is written to a temp file now, before the write lock is taken."""
+    def _stage(self, value, task_id, kind):
+        """``kind`` of ``task_id`` as stored (signed if there is a secret); a big value
+        is written to a temp file now, before the write lock is taken."""
         if value is None or isinstance(value, (str, int, float)):
             return value
         if not isinstance(value, (bytes, bytearray, memoryview)):
             raise TypeError(f"the SQLite store keeps values as bytes (nbqueue.serializer), "
                             f"not {type(value).__name__}")
         if self.signer is not None:
-            value = self.signer.sign(value)
+            value = self.signer.sign(value, blob_context(kind, task_id))
         if len(value) <= BIG:
             return bytes(value)
         if not os.path.isdir(self._values):  # deleted by hand: made again, private
@@ -470,7 +433,7 @@ class SqliteDatabase:
                 if row is not None and row[0]:
                     files.append((kind, self._file(rec.id, kind)))
                 elif row is not None:
-                    setattr(rec, kind, self._opened(row[1], kind))
+                    setattr(rec, kind, self._opened(row[1], rec.id, kind))
         if "output" in load:
             row = con.execute("SELECT text FROM outputs WHERE seq = ?", (rec.seq,)).fetchone()
             rec.output = "" if row is None else row[0]
@@ -479,9 +442,9 @@ class SqliteDatabase:
     def _record(self, row):
         return record(row, self.signer)
 
-    def _opened(self, blob, kind):
+    def _opened(self, blob, task_id, kind):
         """A stored value checked against the secret: its bytes, or ``signing.Rejected``."""
-        return blob if self.signer is None else self.signer.open(blob, kind)
+        return blob if self.signer is None else self.signer.open(blob, kind, blob_context(kind, task_id))
 
     def _files_of(self, con, task_id, seq):
         """The value files of a record about to be deleted."""
@@ -493,7 +456,7 @@ class SqliteDatabase:
             try:
                 with open(path, "rb") as f:
                     check_private(path, os.fstat(f.fileno()), "600")
-                    setattr(rec, kind, self._opened(f.read(), kind))
+                    setattr(rec, kind, self._opened(f.read(), rec.id, kind))
             except FileNotFoundError:
                 raise NbqueueError(f"the {kind} of task {rec.id} is missing: its file {path!r} was "
                                    "deleted by something other than nbqueue") from None

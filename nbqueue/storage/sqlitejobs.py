@@ -8,6 +8,7 @@ import time
 
 from .. import serializer
 from ..records import JobRecord
+from ..signing import context
 from ..states import PENDING
 from .base import check_job_fields
 from .sqlitedb import VALUE_KINDS, Big, unlink
@@ -18,7 +19,8 @@ def _load_job(name, data, signer=None):
     another version, damaged, unsigned or forged): one bad job never breaks the
     others or a dashboard, and a planted one never runs."""
     try:
-        return serializer.loads(data if signer is None else signer.open(data, "periodic job"))
+        return serializer.loads(data if signer is None else
+                                signer.open(data, "periodic job", context("job", name)))
     except Exception as err:
         return JobRecord(name=name, schedule="(unreadable)", paused=True, errors=1,
                          last_error=f"the stored job could not be read ({type(err).__name__}: "
@@ -33,7 +35,8 @@ class SqliteJobs:
     def _put(self, t, job):
         data = pickle.dumps(job)
         t.con.execute("INSERT OR REPLACE INTO jobs VALUES (?, ?)",
-                      (job.name, data if self.signer is None else self.signer.sign(data)))
+                      (job.name, data if self.signer is None else
+                       self.signer.sign(data, context("job", job.name))))
 
     def jobs(self):
         return {name: _load_job(name, data, self.signer) for name, data in self._all("SELECT name, data FROM jobs")}
@@ -74,7 +77,7 @@ class SqliteJobs:
         values = {}
         if run is not None:
             run.check_new()
-            values = {k: self._stage(getattr(run, k)) for k in VALUE_KINDS
+            values = {k: self._stage(getattr(run, k), run.id, k) for k in VALUE_KINDS
                       if getattr(run, k) is not None}
         try:
             with self._txn() as t:

@@ -204,6 +204,10 @@ def _fast_copy(cls):
 _fast_copy(TaskRecord)
 
 
+#: the schedule of a stand-in for a stored job that could not be read
+UNREADABLE = "(unreadable)"
+
+
 @dataclasses.dataclass(slots=True)
 class JobRecord:
     """A periodic job: its schedule, the call each run makes, and its counters."""
@@ -236,7 +240,10 @@ class JobRecord:
 
     def take_over(self, old):
         """Keep ``old``'s counters and paused state when this definition replaces it
-        (a re-run cell); keep its next run too when the schedule is unchanged."""
+        (a re-run cell); keep its next run too when the schedule is unchanged. A
+        stand-in for a job that could not be read (``UNREADABLE``) leaves nothing."""
+        if old.schedule == UNREADABLE:
+            return
         self.runs, self.skipped, self.missed = old.runs, old.skipped, old.missed
         self.errors, self.last_error = old.errors, old.last_error
         self.last_run_id, self.paused, self.created_at = old.last_run_id, old.paused, old.created_at

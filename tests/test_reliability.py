@@ -315,5 +315,8 @@ def test_unreadable_stored_error_and_job_break_no_reader(tmp_path):
         jobs = q.store.jobs()
         assert jobs["odd"].paused and "could not be read" in jobs["odd"].last_error
         assert jobs[good.name].schedule.startswith("every")
+        # defined again, as the stand-in says: it runs, with nothing of the stand-in
+        again = q.periodic(every=3600, name="odd")(lambda: 2)
+        assert not again.paused and again.errors == 0
     finally:
         q.shutdown()

@@ -967,6 +967,18 @@ def test_retain_drops_a_record_that_finished_after_its_expiry(store):
     assert_counts(store)
 
 
+def test_retain_is_not_held_up_by_many_unfinished_tasks_past_their_expiry(store):
+    """Hundreds of waiting tasks whose expiry passed sit before a finished one in
+    expiry order: that one is still dropped, and they are not."""
+    waiting = [rec(status="scheduled", eta=T0 + 10_000, expires_at=T0 + 1) for _ in range(1200)]
+    store.add(waiting)
+    done = finished(store, at=T0, expires_at=T0 + 2)
+    assert store.retain(now=T0 + 10) == 1
+    assert store.get(done) is None
+    assert store.counts()["scheduled"] == 1200
+    assert store.retain(now=T0 + 11) == 0
+
+
 def test_retain_max_finished_keeps_the_newest_finished(store):
     done = [finished(store, "succeeded" if i % 2 else "failed", at=T0 + i) for i in range(5)]
     waiting = [rec() for _ in range(3)]

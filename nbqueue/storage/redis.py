@@ -359,7 +359,12 @@ class RedisStorage(RedisJobs, Storage):
 
     def retain(self, keep=None, max_finished=None, now=None):
         now = time.time() if now is None else now
-        dropped = self._batches("EXPIRE", _repr(now), BATCH)
+        dropped = 0
+        while True:
+            looked, n = self._run("EXPIRE", _repr(now), BATCH)
+            dropped += n
+            if looked < BATCH:
+                break
         if keep is not None:
             dropped += self._batches("PURGE", f"({_repr(now - keep)}", BATCH, *FINISHED)
         if max_finished is not None:

@@ -73,10 +73,17 @@ local function make_ready(id, priority, qseq)
   redis.call('ZADD', K .. 'ready', string.format('%%.0f', -tonumber(priority or 0) * BAND + qseq), id)
 end
 
+-- A task whose expiry passed while it was unfinished is dropped by the next
+-- retention once it finishes (``EXPIRE`` set it aside in ``exp-later``).
+local function finished_at(id, status, now)
+  redis.call('ZADD', K .. 'fin:' .. status, now, id)
+  if redis.call('SREM', K .. 'exp-later', id) == 1 then redis.call('ZADD', K .. 'exp', 0, id) end
+  done(id)
+end
+
 local function ended(id, status, now)
   redis.call('HSET', tkey(id), 'finished_at', now)
-  redis.call('ZADD', K .. 'fin:' .. status, now, id)
-  done(id)
+  finished_at(id, status, now)
 end
 
 -- A task leaves its queue (ready, etas or running) and ends cancelled.
@@ -153,6 +160,7 @@ local function drop(id)
   end
   redis.call('HINCRBY', K .. 'counts', t[1], -1)
   redis.call('HDEL', K .. 'waited', id)
+  redis.call('SREM', K .. 'exp-later', id)
   return 1
 end
 """
@@ -244,8 +252,7 @@ if t[1] == 'running' and t[2] == worker then
   redis.call('ZREM', K .. 'running', id)
   reindex(id, t[3], t[4], 'running', status)
   if FINISHED[status] then
-    redis.call('ZADD', K .. 'fin:' .. status, now, id)
-    done(id)
+    finished_at(id, status, now)
     if t[6] and after_finish(id, now) > 0 then publish('w', 1) end
   elseif status == 'retrying' then
     wait_for(id, redis.call('HGET', key, 'eta'), earliest_eta())
@@ -407,20 +414,22 @@ end
 return dropped
 """
 
-# ARGV: now, most. Drops finished records whose expiry has passed (unfinished
-# ones stay until they finish). Returns how many.
+# ARGV: now, most. Drops finished records whose expiry has passed; unfinished
+# ones are set aside (``exp-later``) until they finish. Returns how many it
+# looked at (so a caller knows whether to go on).
 EXPIRE = r"""
 local ids = redis.call('ZRANGEBYSCORE', K .. 'exp', '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[2]))
 local dropped = 0
 for _, id in ipairs(ids) do
   local status = redis.call('HGET', tkey(id), 'status')
-  if not status then
-    redis.call('ZREM', K .. 'exp', id)
-  elseif FINISHED[status] then
+  redis.call('ZREM', K .. 'exp', id)
+  if status and FINISHED[status] then
     dropped = dropped + drop(id)
+  elseif status then
+    redis.call('SADD', K .. 'exp-later', id)
   end
 end
-return dropped
+return {#ids, dropped}
 """
 
 # ARGV: name, keep, most. Drops the finished runs of ``name`` beyond its

@@ -7,7 +7,7 @@ import pickle
 import time
 
 from .. import serializer
-from ..records import JobRecord
+from ..records import UNREADABLE, JobRecord
 from ..signing import context
 from ..states import PENDING
 from .base import check_job_fields
@@ -22,7 +22,7 @@ def _load_job(name, data, signer=None):
         return serializer.loads(data if signer is None else
                                 signer.open(data, "periodic job", context("job", name)))
     except Exception as err:
-        return JobRecord(name=name, schedule="(unreadable)", paused=True, errors=1,
+        return JobRecord(name=name, schedule=UNREADABLE, paused=True, errors=1,
                          last_error=f"the stored job could not be read ({type(err).__name__}: "
                                     f"{err}); define it again to replace it")
 

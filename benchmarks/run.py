@@ -328,6 +328,14 @@ def progress_overhead(n):
 
 # ---- report
 
+def print_checks(checks):
+    """The check table: ``(name, value, target, ok)`` rows."""
+    print("\n| check | value | target | result |")
+    print("|---|--:|---|---|")
+    for name, value, target, ok in checks:
+        print(f"| {name} | {fmt(value, 3)} | {target} | {'PASS' if ok else 'FAIL'} |")
+
+
 def fmt(x, digits=2):
     return "-" if x is None else f"{x:,.{digits}f}"
 
@@ -450,10 +458,7 @@ def main(argv=None):
     else:
         print(f"\nRedis benchmark skipped: {no_redis}.")
     scale.report(scaled)
-    print("\n| check | value | target | result |")
-    print("|---|--:|---|---|")
-    for name, value, target, ok in checks:
-        print(f"| {name} | {fmt(value, 3)} | {target} | {'PASS' if ok else 'FAIL'} |")
+    print_checks(checks)
     print(f"\nThroughput ratios: memory / ThreadPoolExecutor = {mem_ratio:.2f}x (target >= 0.5x); "
           f"disk (SQLite store) / SqliteHuey = {disk_ratio:.2f}x (target >= 3x).")
     print(f"\nTotal time {elapsed:.1f} s.")
@@ -502,10 +507,7 @@ def sidecar_only(args):
     sidecar.report(result)
     crash.report(crashed)
     checks = sidecar.checks(result) + crash.checks(crashed)
-    print("\n| check | value | target | result |")
-    print("|---|--:|---|---|")
-    for name, value, target, ok in checks:
-        print(f"| {name} | {fmt(value, 3)} | {target} | {'PASS' if ok else 'FAIL'} |")
+    print_checks(checks)
     print(f"\nTotal time {time.perf_counter() - started:.1f} s.")
     if args.json:
         with open(args.json, "w") as f:
@@ -532,10 +534,7 @@ def redis_only(args, ap):
           f"{platform.system()} {platform.machine()}")
     redisbench.report(result)
     checks = redisbench.checks(result)
-    print("\n| check | value | target | result |")
-    print("|---|--:|---|---|")
-    for name, value, target, ok in checks:
-        print(f"| {name} | {fmt(value, 3)} | {target} | {'PASS' if ok else 'FAIL'} |")
+    print_checks(checks)
     print(f"\nTotal time {time.perf_counter() - started:.1f} s.")
     if args.json:
         with open(args.json, "w") as f:

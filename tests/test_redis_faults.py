@@ -24,6 +24,7 @@ import time
 
 import pytest
 from conftest import _redis_server_or_skip, append_line, read_lines, unique_name, wait_until
+from test_sidecar import _stat
 
 import nbqueue
 
@@ -61,12 +62,8 @@ def stuck_first_attempt(ledger):
 
 # ---- processes ---------------------------------------------------------------------
 def _alive(pid):
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            data = f.read()
-    except OSError:
-        return False
-    return data[data.rindex(b")") + 2:][:1] not in (b"Z", b"X")
+    stat = _stat(pid)
+    return stat is not None and stat[0] not in (b"Z", b"X")
 
 
 class Processes:

@@ -281,12 +281,7 @@ class RedisStorage(RedisJobs, Storage):
 
     def promote_due(self, now=None):
         now = time.time() if now is None else now
-        moved = 0
-        while True:
-            done, looked = self._run("PROMOTE", _repr(now), BATCH)
-            moved += done
-            if looked < BATCH:
-                break
+        moved = self._sweep("PROMOTE", _repr(now), BATCH)
         if moved:
             self.notify_work(moved)
         return moved
@@ -359,12 +354,7 @@ class RedisStorage(RedisJobs, Storage):
 
     def retain(self, keep=None, max_finished=None, now=None):
         now = time.time() if now is None else now
-        dropped = 0
-        while True:
-            looked, n = self._run("EXPIRE", _repr(now), BATCH)
-            dropped += n
-            if looked < BATCH:
-                break
+        dropped = self._sweep("EXPIRE", _repr(now), BATCH)
         if keep is not None:
             dropped += self._batches("PURGE", f"({_repr(now - keep)}", BATCH, *FINISHED)
         if max_finished is not None:
@@ -378,6 +368,16 @@ class RedisStorage(RedisJobs, Storage):
 
     def trim_runs(self, name, keep):
         return self._batches("TRIM_RUNS", name, keep, BATCH)
+
+    def _sweep(self, script, *args):
+        """Run a script that returns ``{done, looked at}`` until it looks at less
+        than BATCH entries. Returns the sum of ``done``."""
+        total = 0
+        while True:
+            done, looked = self._run(script, *args)
+            total += done
+            if looked < BATCH:
+                return total
 
     def _batches(self, script, *args):
         """Run a deleting script until it deletes less than BATCH (so Redis is never

@@ -415,8 +415,8 @@ return dropped
 """
 
 # ARGV: now, most. Drops finished records whose expiry has passed; unfinished
-# ones are set aside (``exp-later``) until they finish. Returns how many it
-# looked at (so a caller knows whether to go on).
+# ones are set aside (``exp-later``) until they finish. Returns {how many it
+# dropped, how many it looked at} (so a caller knows whether to go on).
 EXPIRE = r"""
 local ids = redis.call('ZRANGEBYSCORE', K .. 'exp', '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[2]))
 local dropped = 0
@@ -429,7 +429,7 @@ for _, id in ipairs(ids) do
     redis.call('SADD', K .. 'exp-later', id)
   end
 end
-return {#ids, dropped}
+return {dropped, #ids}
 """
 
 # ARGV: name, keep, most. Drops the finished runs of ``name`` beyond its

@@ -815,3 +815,22 @@ def test_current_task_inside_and_outside(queue):
     nbqueue.check_cancelled()
     r = queue.task(whoami)()
     assert r.get(timeout=WAIT) == (r.id, 1)
+
+
+def test_a_done_callback_raising_systemexit_leaves_no_claimed_task_unrun(make_queue, gates):
+    """The worker ends a run and claims the next task in one step, then calls the done
+    callbacks: one that raises SystemExit must not leave that next task claimed and
+    never run."""
+    q = make_queue(workers=1)
+    key = gates.new()
+    first = q.task(wait_gate)(key, "first")
+    second = q.task(wait_gate)(key, "second")   # pending while the first runs
+
+    def bad_callback(result):
+        raise SystemExit("a callback that exits")
+
+    first.add_done_callback(bad_callback)
+    gates[key].set()
+    assert second.get(timeout=WAIT) == "second"
+    assert second.attempts in (1, 2)
+    assert q.task(wait_gate)(key, "third").get(timeout=WAIT) == "third"   # the worker lives

@@ -45,6 +45,10 @@ class QueueState:
         self.calls = {}          # task id -> live (func, args, kwargs, retry_on), in-process only
         self.callbacks = {}      # task id -> [(fn, the Result it was registered on)]
         self.running = {}        # task id -> TaskContext, for tasks this process runs
+        # Ids claimed in our name that are not in ``running``: claimed and not started
+        # yet, or ended with the outcome still being written. Shared by every pool a
+        # re-run Queue cell makes; renewed by the heartbeats, never taken for orphans.
+        self.held = set()
         self.parents = {}        # task id -> submitting cell, to route display() there
         # task id -> rich outputs a task displayed (nbformat output dicts, in order),
         # shown in its widget; in-process only (a sidecar's display() has no kernel)
@@ -233,7 +237,7 @@ class QueueState:
         whose reply was lost on the way (a store's server gone mid-call) is held in
         our name by no one, and must not be kept for ever."""
         if worker == self.worker_id and task_id is not None:
-            return task_id in self.running
+            return task_id in self.running or task_id in self.held
         return holder_alive(worker)
 
     def housekeeping(self, now=None):

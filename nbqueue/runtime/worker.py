@@ -57,10 +57,7 @@ class WorkerPool:
         # A store call failed: a claim may have been made whose reply never came
         # (``_hand_back_orphans`` looks once the store answers again).
         self._orphans_possible = False
-        # Ids this pool holds a claim on that are not in state.running: claimed and
-        # not started yet, or ended with their outcome still being written. Renewed
-        # by the heartbeat, and never taken for orphans.
-        self._held = set()
+        self._held = state.held  # claims outside state.running (see QueueState.held)
 
     @property
     def size(self):
@@ -217,14 +214,20 @@ class WorkerPool:
         want_next = bool(claim_next and claim_next())
         # Not finished: our lease ran out and the task was requeued; its new run owns it.
         finished, nxt = self._write_outcome(rec, status, want_next, fields)
-        if nxt is not None:
-            self._held.add(nxt.id)  # held before the done callbacks below run
-        if finished and self.listener is not None:
-            self.listener("end", rec, status, fields)
-        if want_next and nxt is None:
-            self._give_back_slot()
-        if finished and status in FINISHED:
-            state.task_finished(rec.id)
+        try:
+            if self._abandoned and nxt is not None:  # told to stop at once meanwhile
+                self._give_back(nxt.id, "handed back: its worker was told to stop at once")
+                return None
+            if finished and self.listener is not None:
+                self.listener("end", rec, status, fields)
+            if want_next and nxt is None:
+                self._give_back_slot()
+            if finished and status in FINISHED:
+                state.task_finished(rec.id)
+        except BaseException:  # the next task is never left claimed and unrun
+            if nxt is not None:
+                self._give_back(nxt.id, "handed back: its worker failed after claiming it")
+            raise
         return nxt
 
     def _write_outcome(self, rec, status, want_next, fields):
@@ -237,7 +240,11 @@ class WorkerPool:
             try:
                 outcome = self.store.finish_and_claim(
                     rec.id, self.worker_id, status, self.lease if want_next else None, **fields)
-                self._held.discard(rec.id)
+                nxt = outcome[1]
+                if nxt is not None:
+                    self._held.add(nxt.id)  # held before the done callbacks run
+                if nxt is None or nxt.id != rec.id:  # (a retry may claim the same task again)
+                    self._held.discard(rec.id)
                 return outcome
             except ConnectionError:
                 self._orphans_possible = True
@@ -305,18 +312,23 @@ class WorkerPool:
         self._abandoned = True
         self._stopping.set()
         self._target = 0
-        running = list(self.state.running)  # before the kills: their runs then end at once
+        # before the kills (their runs then end at once); with the claims not started
+        # yet or whose outcome is still being written
+        running = list(self.state.running) + list(self._held)
         for child in list(self._children.values()):
             child.kill()  # first: no task may go on running once it is pending again
-        handed = []
-        for task_id in running:
-            try:
-                if self.store.finish(task_id, self.worker_id, PENDING, message=message):
-                    handed.append(task_id)
-            except Exception:
-                self.state.log(f"could not hand back task {task_id}", sys.exc_info())
+        handed = [task_id for task_id in dict.fromkeys(running) if self._give_back(task_id, message)]
         self.store.notify_work(len(handed))
         return handed
+
+    def _give_back(self, task_id, message):
+        """Hand a claim of ours back to pending; True if it was still ours."""
+        self._held.discard(task_id)
+        try:
+            return self.store.finish(task_id, self.worker_id, PENDING, message=message)
+        except Exception:
+            self.state.log(f"could not hand back task {task_id}", sys.exc_info())
+            return False
 
     def join(self, timeout=None):
         """Wait for the worker threads to exit (after ``stop`` or ``max_tasks``)."""
@@ -376,6 +388,7 @@ class WorkerPool:
         workers runs: the reply to their claim was lost with the connection. A
         read of the running tasks (as many as there are busy workers), done only
         after a store call failed."""
+        self._orphans_possible = False  # before the read: a failure during it sets it again
         for rec in self.store.page(status=RUNNING, limit=None):
             if rec.worker == self.worker_id and rec.id not in self.state.running \
                     and rec.id not in self._held \
@@ -383,7 +396,6 @@ class WorkerPool:
                 self.store.finish(rec.id, self.worker_id, PENDING,
                                   message="handed back: the reply to its claim was lost "
                                           "(the store could not be reached)")
-        self._orphans_possible = False
 
     def _read_cancel_flags(self, running):
         for tid, ctx in running.items():

@@ -23,7 +23,7 @@ import time
 
 from ..exceptions import InvalidStateError, TaskNotFound
 from ..records import BULKY, OUTCOME_FIELDS, PROGRESS_FIELDS, JobRecord
-from ..states import FINISHED, RUNNING, TRANSITIONS
+from ..states import FINISHED, RETRYING, RUNNING, TRANSITIONS
 
 JOB_FIELDS = frozenset(f.name for f in dataclasses.fields(JobRecord))
 
@@ -43,12 +43,34 @@ def check_load(load):
 
 def check_run_end(status, fields):
     """Raise before anything is touched unless a run can end in ``status`` setting
-    ``fields``: InvalidStateError for the status, ValueError for the fields."""
+    ``fields``: InvalidStateError for the status, ValueError for the fields (a
+    retry without its ``eta`` too)."""
     if status not in TRANSITIONS[RUNNING]:
         raise InvalidStateError(f"a run cannot end in {status!r}")
     wrong = set(fields) - OUTCOME_FIELDS
     if wrong:
         raise ValueError(f"a run's end cannot set {', '.join(sorted(wrong))}")
+    if status == RETRYING and fields.get("eta") is None:
+        raise ValueError("a retry needs eta= (when to run again)")
+
+
+def new_batch(records):
+    """``records`` as a list, once each is known to be a new task and no id is
+    given twice. Raises InvalidStateError or ValueError, naming the task."""
+    records, ids = list(records), set()
+    for rec in records:
+        rec.check_new()
+        if rec.id in ids:
+            raise ValueError(f"task id {rec.id!r} is given twice")
+        ids.add(rec.id)
+    return records
+
+
+def unreadable_error(err):
+    """The error dict shown for a stored error that cannot be read: one bad record
+    must not break a page or a dashboard."""
+    return {"type": "UnreadableError", "traceback": "", "exc": None,
+            "message": f"the stored error could not be read ({type(err).__name__}: {err})"}
 
 
 def check_progress_fields(fields):

@@ -23,7 +23,7 @@ import uuid
 from ..exceptions import WorkerLost
 from ..serializer import describe_exception
 from ..states import FINISHED, PENDING, STATES, check_states
-from .base import Storage, check_load, check_progress_fields, check_run_end, not_found
+from .base import Storage, check_load, check_progress_fields, check_run_end, new_batch, not_found
 from .rediscodec import CLAIMED, LIGHT, Codec
 from .redisconn import Events, connect, safe_url, translating
 from .redisjobs import RedisJobs
@@ -159,15 +159,9 @@ class RedisStorage(RedisJobs, Storage):
 
     # ---- tasks ------------------------------------------------------------------
     def add(self, records):
-        records = list(records)
+        records = new_batch(records)
         if not records:
             return
-        seen = set()
-        for rec in records:
-            rec.check_new()
-            if rec.id in seen:
-                raise ValueError(f"task id {rec.id!r} is given twice")
-            seen.add(rec.id)
         if len(records) <= ADD_CHUNK:
             try:
                 first, eta_moved = self._queue_add(None, records)
@@ -217,8 +211,6 @@ class RedisStorage(RedisJobs, Storage):
 
     def finish_and_claim(self, task_id, worker, status, lease, now=None, **fields):
         check_run_end(status, fields)
-        if status == "retrying" and fields.get("eta") is None:
-            raise ValueError("a retry needs eta= (when to run again)")
         now = time.time() if now is None else now
         if status == PENDING:
             fields["eta"] = None

@@ -13,6 +13,7 @@ import json
 
 from ..records import BULKY, TaskRecord
 from ..signing import blob_context, context
+from .base import unreadable_error
 
 FIELDS = tuple(f.name for f in dataclasses.fields(TaskRecord))
 LIGHT = tuple(f for f in FIELDS if f not in BULKY)      # what a plain read loads
@@ -65,7 +66,7 @@ class Codec:
         out = []
         for name in names:
             value = getattr(record, name)
-            if name in skip or value is None or value == DEFAULTS.get(name, not value):
+            if name in skip or value is None or (name in DEFAULTS and value == DEFAULTS[name]):
                 continue
             out += (name, self.encode(name, value, record.id))
         return out
@@ -101,8 +102,7 @@ class Codec:
         try:
             error = json.loads(raw)
         except ValueError as err:
-            return {"type": "UnreadableError", "traceback": "", "exc": None,
-                    "message": f"the stored error could not be read ({err})"}
+            return unreadable_error(err)
         exc = error.get("exc")
         if isinstance(exc, str):
             try:

@@ -18,7 +18,8 @@ from ..states import (
     STATES,
     check_states,
 )
-from .base import Signals, Storage, check_progress_fields, check_run_end, not_found
+from .base import (Signals, Storage, check_progress_fields, check_run_end, new_batch,
+                   not_found)
 from .sqlitedb import (
     COLS,
     SELECT,
@@ -164,15 +165,9 @@ class SqliteStorage(SqliteJobs, SqliteDatabase, Storage):
 
     # ---- tasks -----------------------------------------------------------------
     def add(self, records):
-        records = list(records)
+        records = new_batch(records)
         if not records:
             return
-        ids = set()
-        for rec in records:
-            rec.check_new()
-            if rec.id in ids:
-                raise ValueError(f"task id {rec.id!r} is given twice")
-            ids.add(rec.id)
         staged = []
         try:
             for r in records:

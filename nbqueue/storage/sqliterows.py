@@ -7,6 +7,7 @@ import pickle
 from .. import serializer
 from ..records import TaskRecord
 from ..signing import context
+from .base import unreadable_error
 
 COLS = ("id", "name", "status", "priority", "seq", "created_at", "eta", "expires_at", "started_at",
         "finished_at", "attempts", "retries", "retries_used", "recoveries", "retry_delay",
@@ -27,9 +28,8 @@ def record(row, signer=None):
             data = rec.error if signer is None else \
                 signer.open(rec.error, "error", context("error", rec.id))
             rec.error = serializer.loads(data)
-        except Exception as err:  # one bad record must not break a page or a dashboard
-            rec.error = {"type": "UnreadableError", "traceback": "", "exc": None,
-                         "message": f"the stored error could not be read ({type(err).__name__}: {err})"}
+        except Exception as err:
+            rec.error = unreadable_error(err)
     rec.output = None                        # not loaded
     return rec
 

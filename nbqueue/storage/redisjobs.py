@@ -53,7 +53,8 @@ class RedisJobs:
     def _change_job(self, name, change, extra_watch=()):
         """Read job ``name``, let ``change(pipe, job)`` alter it and queue more
         commands, and commit both atomically; retried on a concurrent change.
-        ``change`` returns what this returns, or raises to change nothing."""
+        Returns ``(what change returned, the replies to its commands)``;
+        ``change`` raises to change nothing."""
         key = self._jobs_key()
         with self._client.pipeline() as pipe:
             while True:
@@ -63,8 +64,7 @@ class RedisJobs:
                     job = None if blob is None else self._load_job(name, blob)
                     pipe.multi()
                     outcome = change(pipe, job)
-                    pipe.execute()
-                    return outcome
+                    return outcome, pipe.execute()
                 except WatchError:
                     continue
                 finally:
@@ -92,7 +92,7 @@ class RedisJobs:
             pipe.hset(self._jobs_key(), name, self._dump_job(job))
             pipe.publish(self.prefix + "events:e", "")
             return job
-        job = self._change_job(name, change)
+        job = self._change_job(name, change)[0]
         if job is not None:
             self.notify_eta()
         return job
@@ -126,9 +126,9 @@ class RedisJobs:
             if run is not None:
                 self._queue_add(pipe, [run])
             return True
-        fired = self._change_job(name, change, watch)
+        fired, replies = self._change_job(name, change, watch)
         if fired and run is not None:
-            run.seq = int(self._client.hget(self._key(run.id), "seq"))
+            run.seq = replies[-1][0]  # the ADD script's reply: {first seq, eta moved}
             self.notify_work()
         return fired
 

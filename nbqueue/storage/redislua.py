@@ -150,6 +150,14 @@ local function claim(worker, lease_until, now)
   end
 end
 
+-- Takes out of sorted set ``name`` at most ``most`` members scored up to ``now``
+-- (one ZREM for all of them); returns them.
+local function take_due(name, now, most)
+  local ids = redis.call('ZRANGEBYSCORE', K .. name, '-inf', now, 'LIMIT', 0, tonumber(most))
+  if #ids > 0 then redis.call('ZREM', K .. name, unpack(ids)) end
+  return ids
+end
+
 local function drop(id)
   local t = redis.call('HMGET', tkey(id), 'status', 'name', 'seq')
   if not t[1] then return 0 end
@@ -339,10 +347,9 @@ return handled
 
 # ARGV: now, most. Returns how many waiting tasks became pending.
 PROMOTE = r"""
-local due = redis.call('ZRANGEBYSCORE', K .. 'etas', '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[2]))
+local due = take_due('etas', ARGV[1], ARGV[2])
 local moved = 0
 for _, id in ipairs(due) do
-  redis.call('ZREM', K .. 'etas', id)
   local t = redis.call('HMGET', tkey(id), 'status', 'name', 'seq', 'priority')
   if t[1] == 'scheduled' or t[1] == 'retrying' then
     redis.call('HDEL', tkey(id), 'eta')
@@ -418,11 +425,10 @@ return dropped
 # ones are set aside (``exp-later``) until they finish. Returns {how many it
 # dropped, how many it looked at} (so a caller knows whether to go on).
 EXPIRE = r"""
-local ids = redis.call('ZRANGEBYSCORE', K .. 'exp', '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[2]))
+local ids = take_due('exp', ARGV[1], ARGV[2])
 local dropped = 0
 for _, id in ipairs(ids) do
   local status = redis.call('HGET', tkey(id), 'status')
-  redis.call('ZREM', K .. 'exp', id)
   if status and FINISHED[status] then
     dropped = dropped + drop(id)
   elseif status then

@@ -17,19 +17,17 @@ import collections
 import contextlib
 import os
 import signal
-import subprocess
 import sys
 import textwrap
 import time
 
 import pytest
 from conftest import _redis_server_or_skip, append_line, read_lines, unique_name, wait_until
+import test_sidecar
 from test_sidecar import _stat
 
 import nbqueue
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TESTS = os.path.dirname(os.path.abspath(__file__))
 SECRET = "test-secret"
 
 pytestmark = [pytest.mark.redis, pytest.mark.slow,
@@ -66,27 +64,12 @@ def _alive(pid):
     return stat is not None and stat[0] not in (b"Z", b"X")
 
 
-class Processes:
-    """Starts a test's worker and producer processes (each leading a session of its
-    own, its output in a log file) and SIGKILLs their process groups at teardown."""
-
-    def __init__(self, tmp_path):
-        self.tmp_path = tmp_path
-        self.popens = []
-        self.logs = {}
+class Processes(test_sidecar.Processes):
+    """test_sidecar's processes (each leading a session of its own, its output in a log
+    file, all killed at teardown), with the test secret, Redis workers and log search."""
 
     def start(self, argv, stdout=False):
-        log = self.tmp_path / f"process-{len(self.popens)}.log"
-        pythonpath = os.pathsep.join(filter(None, [ROOT, TESTS, os.environ.get("PYTHONPATH")]))
-        with open(log, "w") as err:
-            proc = subprocess.Popen(
-                [str(a) for a in argv], stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE if stdout else err, stderr=err, text=True, cwd=ROOT,
-                env=dict(os.environ, PYTHONPATH=pythonpath, NBQUEUE_SECRET=SECRET),
-                start_new_session=True)
-        self.popens.append(proc)
-        self.logs[proc.pid] = log
-        return proc
+        return super().start(argv, stdout=stdout, env={"NBQUEUE_SECRET": SECRET})
 
     def worker(self, url, queue, workers=2, lease=None):
         """``python -m nbqueue worker URL --queue QUEUE -w WORKERS [--lease LEASE]``"""
@@ -110,16 +93,6 @@ class Processes:
 
     def all_logs(self):
         return "\n".join(self.log(p) for p in self.popens)
-
-    def cleanup(self):
-        for proc in self.popens:
-            with contextlib.suppress(OSError):
-                os.killpg(proc.pid, signal.SIGKILL)
-        for proc in self.popens:
-            if proc.stdout is not None:
-                proc.stdout.close()
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.wait(timeout=10)
 
 
 @pytest.fixture

@@ -222,14 +222,15 @@ class Processes:
             parts.append(os.environ["PYTHONPATH"])
         return os.pathsep.join(parts)
 
-    def start(self, argv, paths=(), cwd=None, stdout=False):
+    def start(self, argv, paths=(), cwd=None, stdout=False, env=None):
+        """``argv`` in a session of its own; ``env``: variables added to ours."""
         log = self.tmp_path / f"process-{len(self.popens)}.log"
         with open(log, "w") as err:
             proc = subprocess.Popen(
                 [str(a) for a in argv], stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE if stdout else err, stderr=err, text=True,
-                env=dict(os.environ, PYTHONPATH=self.pythonpath(*paths)), cwd=cwd or ROOT,
-                start_new_session=True)
+                env=dict(os.environ, PYTHONPATH=self.pythonpath(*paths), **(env or {})),
+                cwd=cwd or ROOT, start_new_session=True)
         self.popens.append(proc)
         self.logs[proc.pid] = log
         return proc
